@@ -1,0 +1,156 @@
+use burn::config::Config;
+
+/// Hyper-parameters of FastViTHD.
+///
+/// [`FastVitHdConfig::released`] is the tower of Apple's FastVLM checkpoints (`mci.py::fastvithd`,
+/// timm `fastvit_mci3`). Depths and widths can be shrunk for tests; the topology (three RepMixer
+/// stages, RepCPE before the two attention stages, a PatchEmbed between every pair of stages, the
+/// squeeze-excite `conv_exp` head) is that of the released network.
+#[derive(Config, Debug, PartialEq)]
+pub struct FastVitHdConfig {
+    /// Blocks per stage.
+    #[config(default = "[2, 12, 24, 4, 2]")]
+    pub layers: [usize; 5],
+    /// Channels per stage; every PatchEmbed doubles the width, so `embed_dims[i + 1] == 2 * embed_dims[i]`.
+    #[config(default = "[96, 192, 384, 768, 1536]")]
+    pub embed_dims: [usize; 5],
+    /// Hidden width of every ConvFFN as a multiple of its input width.
+    #[config(default = 4)]
+    pub mlp_ratio: usize,
+    /// Channels per attention head in the attention stages.
+    #[config(default = 32)]
+    pub head_dim: usize,
+    /// Epsilon of the ConvFFN BatchNorms and of the channel LayerNorms.
+    #[config(default = 1e-5)]
+    pub norm_eps: f64,
+}
+
+impl FastVitHdConfig {
+    /// The configuration of the released FastVLM vision tower (125.07 M parameters, 3072 output channels).
+    pub fn released() -> Self {
+        Self::new()
+    }
+
+    /// Channels of the output feature map (`conv_exp` doubles the last stage width): 3072 when released.
+    pub fn out_channels(&self) -> usize {
+        2 * self.embed_dims[4]
+    }
+
+    /// Total stride of the network: every output token covers a 64×64 pixel cell.
+    pub const STRIDE: usize = 64;
+
+    /// Output grid `(h, w)` for an input of `height × width` pixels: each of the six stride-2
+    /// convolutions rounds up, so the grid is `ceil(height / 64) × ceil(width / 64)`.
+    pub fn grid(height: usize, width: usize) -> (usize, usize) {
+        (height.div_ceil(Self::STRIDE), width.div_ceil(Self::STRIDE))
+    }
+
+    /// Checks the invariants the topology relies on.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.embed_dims.iter().any(|&d| d == 0) || self.layers.iter().any(|&l| l == 0) {
+            return Err(format!(
+                "FastViTHD: layers {:?} and embed_dims {:?} must all be positive",
+                self.layers, self.embed_dims
+            ));
+        }
+        for i in 0..4 {
+            if self.embed_dims[i + 1] != 2 * self.embed_dims[i] {
+                return Err(format!(
+                    "FastViTHD: embed_dims {:?} must double from stage to stage (PatchEmbed is a grouped conv with 2 outputs per input channel)",
+                    self.embed_dims
+                ));
+            }
+        }
+        for &dim in &self.embed_dims[3..] {
+            if self.head_dim == 0 || dim % self.head_dim != 0 {
+                return Err(format!(
+                    "FastViTHD: attention width {dim} is not a multiple of head_dim {}",
+                    self.head_dim
+                ));
+            }
+        }
+        if self.out_channels() / 16 == 0 {
+            return Err("FastViTHD: conv_exp width too small for its squeeze-excite".into());
+        }
+        Ok(())
+    }
+
+    /// Every tensor the network reads, by Apple name (without prefix) and shape, in load order.
+    /// Checkpoints also carry `num_batches_tracked` (int64) and `head.proj` `[3072, 768]`,
+    /// which are not used.
+    pub fn checkpoint_tensors(&self) -> Vec<(String, Vec<usize>)> {
+        let mut out = Vec::new();
+        let mut push = |name: String, shape: &[usize]| out.push((name, shape.to_vec()));
+        let d = self.embed_dims;
+        let conv = |push: &mut dyn FnMut(String, &[usize]), name: &str, w: [usize; 4]| {
+            push(format!("{name}.weight"), &w);
+            push(format!("{name}.bias"), &[w[0]]);
+        };
+        conv(&mut push, "patch_embed.0.reparam_conv", [d[0], 3, 3, 3]);
+        conv(&mut push, "patch_embed.1.reparam_conv", [d[0], 1, 3, 3]);
+        conv(&mut push, "patch_embed.2.reparam_conv", [d[0], d[0], 1, 1]);
+        let ffn = |push: &mut dyn FnMut(String, &[usize]), name: &str, c: usize, h: usize| {
+            push(format!("{name}.conv.conv.weight"), &[c, 1, 7, 7]);
+            for p in ["weight", "bias", "running_mean", "running_var"] {
+                push(format!("{name}.conv.bn.{p}"), &[c]);
+            }
+            conv(push, &format!("{name}.fc1"), [h, c, 1, 1]);
+            conv(push, &format!("{name}.fc2"), [c, h, 1, 1]);
+        };
+        let network = [
+            (None, None, 0),
+            (Some(1), None, 2),
+            (Some(3), None, 4),
+            (Some(5), Some(6), 7),
+            (Some(8), Some(9), 10),
+        ];
+        for (s, (down, pos, blocks)) in network.into_iter().enumerate() {
+            let c = d[s];
+            if let Some(i) = down {
+                conv(
+                    &mut push,
+                    &format!("network.{i}.proj.0.lkb_reparam"),
+                    [c, 1, 7, 7],
+                );
+                conv(
+                    &mut push,
+                    &format!("network.{i}.proj.1.reparam_conv"),
+                    [c, c, 1, 1],
+                );
+            }
+            if let Some(i) = pos {
+                conv(
+                    &mut push,
+                    &format!("network.{i}.reparam_conv"),
+                    [c, 1, 7, 7],
+                );
+            }
+            for b in 0..self.layers[s] {
+                let name = format!("network.{blocks}.{b}");
+                if s < 3 {
+                    conv(
+                        &mut push,
+                        &format!("{name}.token_mixer.reparam_conv"),
+                        [c, 1, 3, 3],
+                    );
+                    push(format!("{name}.layer_scale"), &[c, 1, 1]);
+                } else {
+                    push(format!("{name}.norm.weight"), &[c]);
+                    push(format!("{name}.norm.bias"), &[c]);
+                    push(format!("{name}.layer_scale_1"), &[c, 1, 1]);
+                    push(format!("{name}.layer_scale_2"), &[c, 1, 1]);
+                    push(format!("{name}.token_mixer.qkv.weight"), &[3 * c, c]);
+                    push(format!("{name}.token_mixer.proj.weight"), &[c, c]);
+                    push(format!("{name}.token_mixer.proj.bias"), &[c]);
+                }
+                ffn(&mut push, &format!("{name}.convffn"), c, c * self.mlp_ratio);
+            }
+        }
+        let o = self.out_channels();
+        let rd = o / 16;
+        conv(&mut push, "conv_exp.reparam_conv", [o, 1, 3, 3]);
+        conv(&mut push, "conv_exp.se.reduce", [rd, o, 1, 1]);
+        conv(&mut push, "conv_exp.se.expand", [o, rd, 1, 1]);
+        out
+    }
+}

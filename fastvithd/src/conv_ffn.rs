@@ -1,0 +1,97 @@
+use burn::module::Module;
+use burn::nn::conv::Conv2d;
+use burn::tensor::activation::gelu;
+use burn::tensor::{Tensor, backend::Backend};
+
+use crate::weights::{ConvSpec, LoadError, WeightLoader};
+
+/// ConvFFN: depthwise 7×7 conv + BatchNorm, 1×1 `fc1` (×mlp_ratio), GELU, 1×1 `fc2`.
+///
+/// The checkpoint's eval-mode BatchNorm is folded into the depthwise conv at load, and the
+/// block's layer scale (when given) into `fc2`, so the forward pass is three convolutions.
+#[derive(Module, Debug)]
+pub struct ConvFfn<B: Backend> {
+    /// Depthwise 7×7 with the BatchNorm folded in, `[dim, 1, 7, 7]`.
+    pub conv: Conv2d<B>,
+    /// `[hidden, dim, 1, 1]`.
+    pub fc1: Conv2d<B>,
+    /// `[dim, hidden, 1, 1]`, scaled per output channel by the block's layer scale.
+    pub fc2: Conv2d<B>,
+}
+
+/// Folds an eval-mode BatchNorm into the bias-free conv before it:
+/// `W' = W · γ/√(σ²+ε)` per output channel, `b' = β − μ · γ/√(σ²+ε)`.
+pub fn fold_batch_norm(
+    weight: &mut [f32],
+    gamma: &[f32],
+    beta: &[f32],
+    mean: &[f32],
+    var: &[f32],
+    eps: f64,
+) -> Vec<f32> {
+    let per_out = weight.len() / gamma.len();
+    (0..gamma.len())
+        .map(|c| {
+            let scale = gamma[c] as f64 / (var[c] as f64 + eps).sqrt();
+            for w in &mut weight[c * per_out..(c + 1) * per_out] {
+                *w = (*w as f64 * scale) as f32;
+            }
+            (beta[c] as f64 - mean[c] as f64 * scale) as f32
+        })
+        .collect()
+}
+
+impl<B: Backend> ConvFfn<B> {
+    pub(crate) fn load(
+        loader: &mut WeightLoader<B>,
+        name: &str,
+        dim: usize,
+        hidden: usize,
+        eps: f64,
+        layer_scale: Option<&[f32]>,
+    ) -> Result<Self, LoadError> {
+        let spec = ConvSpec::depthwise(dim, 7);
+        let mut weight = loader.host(&format!("{name}.conv.conv.weight"), &spec.weight_shape())?;
+        let bn = |loader: &mut WeightLoader<B>, p: &str| {
+            loader.host(&format!("{name}.conv.bn.{p}"), &[dim])
+        };
+        let (gamma, beta) = (bn(loader, "weight")?, bn(loader, "bias")?);
+        let (mean, var) = (bn(loader, "running_mean")?, bn(loader, "running_var")?);
+        let bias = fold_batch_norm(&mut weight, &gamma, &beta, &mean, &var, eps);
+        let conv = loader.conv_from(
+            spec,
+            loader.upload(weight, spec.weight_shape()),
+            loader.upload(bias, [dim]),
+        );
+
+        let fc1 = loader.conv(&format!("{name}.fc1"), ConvSpec::new([dim, hidden], 1))?;
+        let fc2_spec = ConvSpec::new([hidden, dim], 1);
+        let mut w2 = loader.host(&format!("{name}.fc2.weight"), &fc2_spec.weight_shape())?;
+        let mut b2 = loader.host(&format!("{name}.fc2.bias"), &[dim])?;
+        if let Some(scale) = layer_scale {
+            scale_rows(&mut w2, scale);
+            scale_rows(&mut b2, scale);
+        }
+        let fc2 = loader.conv_from(
+            fc2_spec,
+            loader.upload(w2, fc2_spec.weight_shape()),
+            loader.upload(b2, [dim]),
+        );
+        Ok(Self { conv, fc1, fc2 })
+    }
+
+    /// `[batch, dim, h, w]` → `[batch, dim, h, w]`.
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let x = self.conv.forward(x);
+        let x = gelu(self.fc1.forward(x));
+        self.fc2.forward(x)
+    }
+}
+
+/// Multiplies row `c` of a row-major `[scale.len(), …]` buffer by `scale[c]`.
+pub(crate) fn scale_rows(values: &mut [f32], scale: &[f32]) {
+    let per_row = values.len() / scale.len();
+    for (row, s) in values.chunks_mut(per_row).zip(scale) {
+        row.iter_mut().for_each(|v| *v *= s);
+    }
+}

@@ -1,0 +1,104 @@
+//! `cargo xtask <task>`: developer tasks that need more than cargo.
+//!
+//! - `golden [--only fastvithd]`: regenerates the committed parity fixtures under `fixtures/` from
+//!   the Python references (timm, transformers) in a virtual environment this task creates
+//!   (`.venv/` at the repository root, or `$FASTVLM_VENV`). `cargo test` never needs it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+const GENERATORS: &[(&str, &str, &str)] = &[(
+    "fastvithd",
+    "xtask/python/fastvithd_golden.py",
+    "fixtures/fastvithd",
+)];
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("golden") => golden(&args[1..]),
+        Some("-h" | "--help") | None => {
+            println!(
+                "usage: cargo xtask golden [--only NAME]\n\ngenerators: {}",
+                names()
+            );
+            Ok(())
+        }
+        Some(other) => Err(format!("unknown task `{other}` (try `cargo xtask --help`)")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn names() -> String {
+    GENERATORS
+        .iter()
+        .map(|g| g.0)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn run(cmd: &mut Command) -> Result<(), String> {
+    let status = cmd
+        .status()
+        .map_err(|e| format!("cannot run {:?}: {e}", cmd.get_program()))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{cmd:?} failed with {status}"))
+    }
+}
+
+/// The reference venv's interpreter, created and filled on first use.
+fn python() -> Result<PathBuf, String> {
+    let venv = std::env::var_os("FASTVLM_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join(".venv"));
+    let python = venv.join("bin/python");
+    if !python.exists() {
+        eprintln!("xtask: creating the reference venv at {}", venv.display());
+        run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    }
+    let requirements = root().join("xtask/python/requirements.txt");
+    run(Command::new(&python)
+        .args(["-m", "pip", "install", "--quiet", "-r"])
+        .arg(&requirements))?;
+    Ok(python)
+}
+
+fn golden(args: &[String]) -> Result<(), String> {
+    let only = match args {
+        [] => None,
+        [flag, name] if flag == "--only" => Some(name.as_str()),
+        _ => return Err("usage: cargo xtask golden [--only NAME]".into()),
+    };
+    if let Some(name) = only {
+        if !GENERATORS.iter().any(|g| g.0 == name) {
+            return Err(format!("unknown generator `{name}` (have: {})", names()));
+        }
+    }
+    let python = python()?;
+    for (name, script, out) in GENERATORS {
+        if only.is_some_and(|o| o != *name) {
+            continue;
+        }
+        eprintln!("xtask: golden {name} -> {out}");
+        run(Command::new(&python)
+            .current_dir(root())
+            .arg(script)
+            .args(["--out", out]))?;
+    }
+    Ok(())
+}
