@@ -6,9 +6,9 @@ mod common;
 use std::collections::HashMap;
 
 use burn::tensor::{Tensor, TensorData};
-use common::{Cpu, fixtures, formula, rel_l2};
+use common::{Cpu, fixtures, rel_l2};
 use fastvithd::{FastVitHd, FastVitHdConfig, LoadError, WeightNaming};
-use vlm_pipeline::Weights;
+use vlm_pipeline::{Weights, synthetic as formula};
 
 /// f32 tolerance for every parity check (rel-L2 over the whole output).
 const TOL: f64 = 1e-4;

@@ -1,8 +1,6 @@
 //! Helpers shared by the parity tests.
 #![allow(dead_code)]
 
-pub mod formula;
-
 use std::path::PathBuf;
 
 use burn::tensor::{Tensor, backend::Backend};

@@ -1,5 +1,9 @@
-//! Rust twin of `xtask/python/formula.py`: deterministic weights and images, bit-identical to
-//! the Python reference's, so full-size networks are checked without storing their weights.
+//! Deterministic synthetic weights and images, bit-identical to `xtask/python/formula.py`.
+//!
+//! Every value is a pure function of (seed, tensor name, element index) through SplitMix64 and
+//! float32 arithmetic, so the parity tests check full-size networks against the Python reference
+//! without storing their weights, and benchmarks get realistic (non-degenerate) activations:
+//! depthwise mixers near the identity, He-scaled convolutions, positive BatchNorm variances.
 
 const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
 
