@@ -3,6 +3,7 @@
 //! The model crates (`fastvithd`, `vlm-projector`, `qwen2-decoder`) know tensors; this crate
 //! knows files.
 
+pub mod backend;
 pub mod synthetic;
 pub mod weights;
 

@@ -38,6 +38,7 @@ struct Entry {
 pub struct Weights {
     files: Vec<(PathBuf, Mmap)>,
     entries: HashMap<String, Entry>,
+    metadata: HashMap<String, String>,
 }
 
 impl Weights {
@@ -108,6 +109,7 @@ impl Weights {
     fn open_files(paths: &[PathBuf]) -> Result<Self, WeightsError> {
         let mut files = Vec::with_capacity(paths.len());
         let mut entries = HashMap::new();
+        let mut metadata = HashMap::new();
         for (i, path) in paths.iter().enumerate() {
             let io = |source| WeightsError::Io {
                 path: path.clone(),
@@ -120,6 +122,9 @@ impl Weights {
                 path: path.clone(),
                 reason: e.to_string(),
             })?;
+            if let Ok((_, header)) = SafeTensors::read_metadata(&mmap) {
+                metadata.extend(header.metadata().clone().unwrap_or_default());
+            }
             let base = mmap.as_ptr() as usize;
             for (name, view) in parsed.tensors() {
                 let start = view.data().as_ptr() as usize - base;
@@ -137,7 +142,16 @@ impl Weights {
             }
             files.push((path.clone(), mmap));
         }
-        Ok(Self { files, entries })
+        Ok(Self {
+            files,
+            entries,
+            metadata,
+        })
+    }
+
+    /// The free-form `__metadata__` strings of the header(s).
+    pub fn metadata(&self) -> &HashMap<String, String> {
+        &self.metadata
     }
 
     /// Whether a tensor of this name exists.

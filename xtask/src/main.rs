@@ -1,17 +1,20 @@
 //! `cargo xtask <task>`: developer tasks that need more than cargo.
 //!
-//! - `golden [--only fastvithd]`: regenerates the committed parity fixtures under `fixtures/` from
+//! - `golden [--only fastvithd|qwen2]`: regenerates the committed parity fixtures under `fixtures/` from
 //!   the Python references (timm, transformers) in a virtual environment this task creates
 //!   (`.venv/` at the repository root, or `$FASTVLM_VENV`). `cargo test` never needs it.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
-const GENERATORS: &[(&str, &str, &str)] = &[(
-    "fastvithd",
-    "xtask/python/fastvithd_golden.py",
-    "fixtures/fastvithd",
-)];
+const GENERATORS: &[(&str, &str, &str)] = &[
+    (
+        "fastvithd",
+        "xtask/python/fastvithd_golden.py",
+        "fixtures/fastvithd",
+    ),
+    ("qwen2", "xtask/python/qwen2_golden.py", "fixtures/qwen2"),
+];
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

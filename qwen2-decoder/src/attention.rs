@@ -1,0 +1,65 @@
+use burn::module::Module;
+use burn::nn::Linear;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Tensor, backend::Backend};
+
+use crate::cache::LayerCache;
+use crate::rotary::RotaryEmbedding;
+
+/// Grouped-query causal self-attention with rotary positions: q/k/v with bias, o without;
+/// each group of `heads / kv_heads` query heads shares one key/value head.
+#[derive(Module, Debug)]
+pub struct Qwen2Attention<B: Backend> {
+    pub q_proj: Linear<B>,
+    pub k_proj: Linear<B>,
+    pub v_proj: Linear<B>,
+    pub o_proj: Linear<B>,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl<B: Backend> Qwen2Attention<B> {
+    /// `[batch, n, hidden]` at positions `start..start + n` → `[batch, n, hidden]`, attending
+    /// to the cached positions and causally among the new ones.
+    pub(crate) fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        rope: &(Tensor<B, 4>, Tensor<B, 4>),
+        cache: &mut LayerCache<B>,
+        start: usize,
+    ) -> Tensor<B, 3> {
+        let [batch, n, hidden] = x.dims();
+        let heads =
+            |t: Tensor<B, 3>, h: usize| t.reshape([batch, n, h, self.head_dim]).swap_dims(1, 2);
+        let q = heads(self.q_proj.forward(x.clone()), self.num_heads);
+        let k = heads(self.k_proj.forward(x.clone()), self.num_kv_heads);
+        let v = heads(self.v_proj.forward(x), self.num_kv_heads);
+        let q = RotaryEmbedding::apply(q, &rope.0, &rope.1);
+        let k = RotaryEmbedding::apply(k, &rope.0, &rope.1);
+
+        let (k, v) = cache.append(start, k, v);
+        let (k, v) = (self.repeat_kv(k), self.repeat_kv(v));
+        // burn aligns the causal mask bottom-right: the n queries are the last n of the keys.
+        let options = AttentionModuleOptions {
+            is_causal: n > 1,
+            ..Default::default()
+        };
+        let out = attention(q, k, v, None, None, options);
+        self.o_proj
+            .forward(out.swap_dims(1, 2).reshape([batch, n, hidden]))
+    }
+
+    /// `[batch, kv_heads, len, d]` → `[batch, heads, len, d]`; query head `h` reads kv head `h / group`.
+    fn repeat_kv(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let group = self.num_heads / self.num_kv_heads;
+        if group == 1 {
+            return x;
+        }
+        let [b, kvh, len, d] = x.dims();
+        x.unsqueeze_dim::<5>(2)
+            .expand([b, kvh, group, len, d])
+            .reshape([b, kvh * group, len, d])
+    }
+}

@@ -1,0 +1,84 @@
+//! Loader behaviour on in-memory tensors.
+
+use std::collections::HashMap;
+
+use burn::backend::Flex;
+use burn::tensor::TensorData;
+use qwen2_decoder::{LoadError, Qwen2, Qwen2Config};
+
+fn config(tied: bool) -> Qwen2Config {
+    Qwen2Config::new(64, 96, 2, 4, 2, 50).with_tie_word_embeddings(tied)
+}
+
+fn tensors(config: &Qwen2Config) -> HashMap<String, TensorData> {
+    config
+        .checkpoint_tensors()
+        .into_iter()
+        .map(|(n, s)| {
+            let len = s.iter().product::<usize>();
+            (n, TensorData::new(vec![0.01f32; len], s))
+        })
+        .collect()
+}
+
+fn load(config: &Qwen2Config, t: &HashMap<String, TensorData>) -> Result<Qwen2<Flex>, LoadError> {
+    Qwen2::load(config, "", &mut |n| t.get(n).cloned(), &Default::default())
+}
+
+#[test]
+fn tied_and_untied_read_exactly_their_tensors() {
+    for tied in [true, false] {
+        let config = config(tied);
+        let t = tensors(&config);
+        let mut asked = Vec::new();
+        Qwen2::<Flex>::load(
+            &config,
+            "",
+            &mut |n| {
+                asked.push(n.to_string());
+                t.get(n).cloned()
+            },
+            &Default::default(),
+        )
+        .unwrap();
+        assert_eq!(asked.len(), t.len());
+        assert_eq!(asked.iter().any(|n| n == "lm_head.weight"), !tied);
+    }
+}
+
+#[test]
+fn missing_and_misshaped_tensors_are_named() {
+    let config = config(false);
+    let mut t = tensors(&config);
+    t.remove("lm_head.weight");
+    assert_eq!(
+        load(&config, &t).unwrap_err(),
+        LoadError::Missing {
+            name: "lm_head.weight".into(),
+            expected: vec![50, 64]
+        }
+    );
+    let mut t = tensors(&config);
+    t.insert(
+        "model.layers.1.self_attn.k_proj.weight".into(),
+        TensorData::new(vec![0f32; 64 * 64], [64, 64]),
+    );
+    assert_eq!(
+        load(&config, &t).unwrap_err().to_string(),
+        "tensor `model.layers.1.self_attn.k_proj.weight` has shape [64, 64], expected [32, 64]"
+    );
+}
+
+#[test]
+fn inconsistent_config_is_an_error() {
+    let bad = Qwen2Config::new(64, 96, 2, 5, 2, 50);
+    assert!(matches!(
+        load(&bad, &HashMap::new()),
+        Err(LoadError::Config(_))
+    ));
+    let bad = Qwen2Config::new(64, 96, 2, 4, 3, 50);
+    assert!(matches!(
+        load(&bad, &HashMap::new()),
+        Err(LoadError::Config(_))
+    ));
+}
