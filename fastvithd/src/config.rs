@@ -153,4 +153,34 @@ impl FastVitHdConfig {
         conv(&mut push, "conv_exp.se.expand", [o, rd, 1, 1]);
         out
     }
+
+    /// Reads depths and widths off a checkpoint's tensor shapes (names resolved through
+    /// `naming`), so shrunk towers in the release layout load as well as the released one.
+    /// `None` when the stem or a stage's first block is missing.
+    pub fn from_checkpoint(
+        naming: &crate::WeightNaming,
+        shape_of: &dyn Fn(&str) -> Option<Vec<usize>>,
+    ) -> Option<Self> {
+        let shape = |name: &str| shape_of(&naming.resolve(name));
+        let d0 = *shape("patch_embed.0.reparam_conv.weight")?.first()?;
+        let embed_dims = [d0, 2 * d0, 4 * d0, 8 * d0, 16 * d0];
+        let hidden = *shape("network.0.0.convffn.fc1.weight")?.first()?;
+        let mut layers = [0; 5];
+        for (s, blocks) in [0, 2, 4, 7, 10].into_iter().enumerate() {
+            let probe = if s < 3 {
+                "token_mixer.reparam_conv.weight"
+            } else {
+                "token_mixer.qkv.weight"
+            };
+            layers[s] = (0..)
+                .take_while(|b| shape(&format!("network.{blocks}.{b}.{probe}")).is_some())
+                .count();
+        }
+        Some(
+            Self::new()
+                .with_layers(layers)
+                .with_embed_dims(embed_dims)
+                .with_mlp_ratio(hidden / d0.max(1)),
+        )
+    }
 }

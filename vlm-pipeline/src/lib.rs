@@ -1,10 +1,23 @@
-//! FastVLM end to end: Apple's release directories, their weights, and the stages joined.
+//! FastVLM end to end: Apple's release directories, their weights and tokenizer, image
+//! preprocessing, the prompt template, splicing, and generation.
 //!
 //! The model crates (`fastvithd`, `vlm-projector`, `qwen2-decoder`) know tensors; this crate
-//! knows files.
+//! knows files and tokens.
 
 pub mod backend;
+pub mod config;
+pub mod fastvlm;
+pub mod generate;
+pub mod image;
+pub mod prompt;
+pub mod resize;
 pub mod synthetic;
+pub mod tokenizer;
 pub mod weights;
 
+pub use config::{AspectRatio, ConfigError, FastVlmConfig};
+pub use fastvlm::{EncodedImage, FastVlm, Generation, PipelineError, Request, TokenEvent};
+pub use generate::{FinishReason, GenerationOptions, Metrics, TokenLogprobs};
+pub use prompt::{Message, Role};
+pub use tokenizer::Tokenizer;
 pub use weights::{Weights, WeightsError};

@@ -144,3 +144,20 @@ fn released_config_matches_timm_at_256() {
     println!("released 256: rel-L2 {err:.3e}");
     assert!(err <= TOL, "released 256: rel-L2 {err:.3e} > {TOL:e}");
 }
+
+#[test]
+fn shrunk_config_is_read_off_the_checkpoint() {
+    let weights = Weights::open(&fixtures().join("fastvithd/tiny_apple.safetensors")).unwrap();
+    let shape_of = |n: &str| weights.shape(n).map(<[usize]>::to_vec);
+    let config = FastVitHdConfig::from_checkpoint(&WeightNaming::default(), &shape_of).unwrap();
+    assert_eq!(config, tiny_config());
+    let timm = Weights::open(&fixtures().join("fastvithd/tiny_timm.safetensors")).unwrap();
+    let shape_of = |n: &str| timm.shape(n).map(<[usize]>::to_vec);
+    let naming = WeightNaming::Timm {
+        prefix: String::new(),
+    };
+    assert_eq!(
+        FastVitHdConfig::from_checkpoint(&naming, &shape_of),
+        Some(tiny_config())
+    );
+}

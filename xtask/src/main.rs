@@ -1,6 +1,6 @@
 //! `cargo xtask <task>`: developer tasks that need more than cargo.
 //!
-//! - `golden [--only fastvithd|qwen2]`: regenerates the committed parity fixtures under `fixtures/` from
+//! - `golden [--only fastvithd|qwen2|e2e]`: regenerates the committed parity fixtures under `fixtures/` from
 //!   the Python references (timm, transformers) in a virtual environment this task creates
 //!   (`.venv/` at the repository root, or `$FASTVLM_VENV`). `cargo test` never needs it.
 
@@ -14,6 +14,7 @@ const GENERATORS: &[(&str, &str, &str)] = &[
         "fixtures/fastvithd",
     ),
     ("qwen2", "xtask/python/qwen2_golden.py", "fixtures/qwen2"),
+    ("e2e", "xtask/python/e2e_golden.py", "fixtures/e2e"),
 ];
 
 fn main() -> ExitCode {

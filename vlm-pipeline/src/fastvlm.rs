@@ -1,0 +1,376 @@
+//! The whole model: a release directory loaded, an image and a prompt in, text out.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
+use fastvithd::{APPLE_PREFIX, FastVitHd, FastVitHdConfig, WeightNaming};
+use qwen2_decoder::Qwen2;
+use vlm_projector::Projector;
+
+use crate::config::{ConfigError, FastVlmConfig};
+use crate::generate::{self, FinishReason, GenerationOptions, Metrics, Rng, TokenLogprobs};
+use crate::image::{ImageError, Rgb8, preprocess};
+use crate::prompt::{IMAGE_TOKEN_INDEX, Message, qwen2_prompt, tokenize_with_image};
+use crate::tokenizer::{Tokenizer, TokenizerError};
+use crate::weights::{Weights, WeightsError};
+
+/// Prefix of the projector's tensors in FastVLM checkpoints.
+pub const PROJECTOR_PREFIX: &str = "model.mm_projector.";
+
+/// Anything that stops a request or a model load, with what it concerns.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("model directory `{0}` does not exist")]
+    NoDirectory(PathBuf),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Weights(#[from] WeightsError),
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error("vision tower: {0}")]
+    Encoder(#[from] fastvithd::LoadError),
+    #[error("projector: {0}")]
+    Projector(#[from] vlm_projector::LoadError),
+    #[error("language model: {0}")]
+    Decoder(#[from] qwen2_decoder::LoadError),
+    #[error("vision tower: no `{0}patch_embed.0.reparam_conv.weight` in the checkpoint")]
+    NoVisionTower(String),
+    #[error(
+        "vision tower: {count} tensor(s) the network does not use, e.g. `{example}` (blocks missing in between?)"
+    )]
+    UnusedTensors { count: usize, example: String },
+    #[error("mm_hidden_size is {config} but the vision tower gives {tower} channels")]
+    HiddenMismatch { config: usize, tower: usize },
+    #[error(
+        "the prompt is {tokens} tokens ({image} of them image tokens); this model accepts at most {limit}"
+    )]
+    PromptTooLong {
+        tokens: usize,
+        image: usize,
+        limit: usize,
+    },
+    #[error("the prompt has {markers} `<image>` markers but {images} image(s) were given")]
+    ImageCount { markers: usize, images: usize },
+    #[error("invalid generation options: {0}")]
+    Options(String),
+    #[error(transparent)]
+    Decode(#[from] qwen2_decoder::DecodeError),
+}
+
+/// A request: an optional image, the conversation, and how to generate.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub image: Option<Rgb8>,
+    /// System message; `None` uses the reference's default.
+    pub system: Option<String>,
+    pub messages: Vec<Message>,
+    pub options: GenerationOptions,
+}
+
+/// What a request produced.
+#[derive(Debug, Clone)]
+pub struct Generation {
+    pub text: String,
+    pub token_ids: Vec<u32>,
+    pub logprobs: Option<Vec<TokenLogprobs>>,
+    pub finish_reason: FinishReason,
+    pub metrics: Metrics,
+}
+
+/// Streamed while generating.
+#[derive(Debug, Clone)]
+pub struct TokenEvent<'a> {
+    pub token: u32,
+    /// Text that became complete with this token (may be empty mid-character).
+    pub text: &'a str,
+}
+
+/// Image features of one image and their projection.
+pub struct EncodedImage<B: Backend> {
+    /// `[1, tokens, mm_hidden_size]`.
+    pub features: Tensor<B, 3>,
+    /// `[1, tokens, hidden]`.
+    pub projected: Tensor<B, 3>,
+}
+
+/// FastVLM: FastViTHD → projector → Qwen2.
+pub struct FastVlm<B: Backend> {
+    pub config: FastVlmConfig,
+    pub encoder: FastVitHd<B>,
+    pub projector: Projector<B>,
+    pub decoder: Qwen2<B>,
+    pub tokenizer: Tokenizer,
+    /// Ids that end generation.
+    pub stop_ids: Vec<u32>,
+    pub device: B::Device,
+}
+
+impl<B: Backend> FastVlm<B> {
+    /// Loads a release directory (`config.json`, `model.safetensors` or an index with shards,
+    /// tokenizer files), converting stored bf16/f16 weights to the backend's float type.
+    pub fn load(dir: &Path, device: &B::Device) -> Result<Self, PipelineError> {
+        if !dir.is_dir() {
+            return Err(PipelineError::NoDirectory(dir.to_path_buf()));
+        }
+        let mut config = FastVlmConfig::from_file(&dir.join("config.json"))?;
+        let weights = Weights::open(dir)?;
+        let tokenizer = Tokenizer::from_dir(dir)?;
+
+        let naming = WeightNaming::default();
+        let shape_of = |n: &str| weights.shape(n).map(<[usize]>::to_vec);
+        config.encoder = FastVitHdConfig::from_checkpoint(&naming, &shape_of)
+            .ok_or_else(|| PipelineError::NoVisionTower(APPLE_PREFIX.to_string()))?;
+        if config.encoder.out_channels() != config.mm_hidden_size {
+            return Err(PipelineError::HiddenMismatch {
+                config: config.mm_hidden_size,
+                tower: config.encoder.out_channels(),
+            });
+        }
+
+        let mut used = HashSet::new();
+        let mut source = |name: &str| {
+            used.insert(name.to_string());
+            weights.get(name)
+        };
+        let encoder = FastVitHd::load(&config.encoder, &naming, &mut source, device)?;
+        let projector = Projector::load(
+            config.projector,
+            config.mm_hidden_size,
+            config.decoder.hidden_size,
+            PROJECTOR_PREFIX,
+            &mut source,
+            device,
+        )?;
+        let decoder = Qwen2::load(&config.decoder, "", &mut source, device)?;
+        let unused: Vec<&str> = weights
+            .names()
+            .into_iter()
+            .filter(|n| n.starts_with(APPLE_PREFIX) && !used.contains(*n))
+            .filter(|n| !n.ends_with("num_batches_tracked") && !n.ends_with("head.proj"))
+            .collect();
+        if let Some(example) = unused.first() {
+            return Err(PipelineError::UnusedTensors {
+                count: unused.len(),
+                example: example.to_string(),
+            });
+        }
+
+        let mut stop_ids: Vec<u32> = ["<|im_end|>", "<|endoftext|>"]
+            .iter()
+            .filter_map(|t| tokenizer.token_id(t))
+            .collect();
+        if let Some(eos) = config.eos_token_id {
+            if !stop_ids.contains(&eos) {
+                stop_ids.push(eos);
+            }
+        }
+        Ok(Self {
+            config,
+            encoder,
+            projector,
+            decoder,
+            tokenizer,
+            stop_ids,
+            device: device.clone(),
+        })
+    }
+
+    /// The reference's pixels for `image`: `[1, 3, size, size]`.
+    pub fn pixels(&self, image: &Rgb8) -> Tensor<B, 4> {
+        let s = self.config.image_size;
+        let planes = preprocess(image, s, self.config.aspect_ratio);
+        Tensor::from_data(TensorData::new(planes, [1, 3, s, s]), &self.device)
+    }
+
+    /// Pixels `[1, 3, s, s]` → features and projected image tokens.
+    pub fn encode_pixels(&self, pixels: Tensor<B, 4>) -> EncodedImage<B> {
+        let features = self.encoder.tokens(pixels);
+        let projected = self.projector.forward(features.clone());
+        EncodedImage {
+            features,
+            projected,
+        }
+    }
+
+    /// Usable vocabulary: the tokenizer's, capped by the embedding rows.
+    fn vocab_len(&self) -> usize {
+        self.tokenizer.len().min(self.config.decoder.vocab_size)
+    }
+
+    /// Runs a request, calling `on_token` for every generated token as it comes.
+    pub fn generate(
+        &self,
+        request: &Request,
+        on_token: &mut dyn FnMut(TokenEvent<'_>),
+    ) -> Result<Generation, PipelineError> {
+        let options = &request.options;
+        options.validate().map_err(PipelineError::Options)?;
+        let start = Instant::now();
+        let mut metrics = Metrics::default();
+
+        let system = request
+            .system
+            .as_deref()
+            .unwrap_or(crate::prompt::DEFAULT_SYSTEM);
+        let prompt = qwen2_prompt(system, &request.messages, request.image.is_some());
+        let ids = tokenize_with_image(&self.tokenizer, &prompt)?;
+        let markers = ids.iter().filter(|&&i| i == IMAGE_TOKEN_INDEX).count();
+        let images = usize::from(request.image.is_some());
+        if markers != images {
+            return Err(PipelineError::ImageCount { markers, images });
+        }
+
+        let image = request.image.as_ref().map(|img| {
+            let pixels = self.pixels(img);
+            metrics.preprocess_ms = ms(start);
+            let t = Instant::now();
+            let encoded = self.encode_pixels(pixels);
+            let projected = encoded.projected;
+            let _ = B::sync(&self.device);
+            metrics.encode_ms = ms(t);
+            projected
+        });
+        let image_tokens = image.as_ref().map_or(0, |p| p.dims()[1]);
+        let total = ids.len() - markers + image_tokens;
+        metrics.prompt_tokens = total;
+        metrics.image_tokens = image_tokens;
+        let limit = self
+            .config
+            .max_length
+            .min(self.config.decoder.max_position_embeddings);
+        if total > limit {
+            return Err(PipelineError::PromptTooLong {
+                tokens: total,
+                image: image_tokens,
+                limit,
+            });
+        }
+
+        // Splice: text pieces embedded, the image tokens in place of the placeholder.
+        let mut pieces = Vec::new();
+        let mut image = image;
+        for (i, chunk) in ids.split(|&t| t == IMAGE_TOKEN_INDEX).enumerate() {
+            if i > 0 {
+                pieces.push(image.take().expect("one marker per image, checked above"));
+            }
+            if !chunk.is_empty() {
+                let t = Tensor::<B, 2, Int>::from_data(
+                    TensorData::new(chunk.to_vec(), [1, chunk.len()]),
+                    &self.device,
+                );
+                pieces.push(self.decoder.embed(t));
+            }
+        }
+        let embeds = Tensor::cat(pieces, 1);
+
+        let max_new = options
+            .max_new_tokens
+            .min(self.config.decoder.max_position_embeddings - total);
+        let mut cache = self
+            .decoder
+            .new_cache(1, total + max_new.max(1), &self.device)?;
+        let t = Instant::now();
+        let mut logits = self.decoder.forward_last(embeds, &mut cache)?;
+        let vocab = self.vocab_len();
+        let mut rng = Rng::new(options.seed);
+        let mut token_ids = Vec::new();
+        let mut all_logprobs = options.logprobs.map(|_| Vec::new());
+        let mut finish_reason = FinishReason::Length;
+        let mut emitted = 0usize;
+        let mut decode_start = None;
+        while token_ids.len() < max_new {
+            let token = self.pick(logits, vocab, options, &mut rng, all_logprobs.as_mut());
+            if token_ids.is_empty() {
+                metrics.prefill_ms = ms(t);
+                metrics.ttft_ms = ms(start);
+                decode_start = Some(Instant::now());
+            }
+            if self.stop_ids.contains(&token) {
+                finish_reason = FinishReason::Stop;
+                if let Some(lp) = all_logprobs.as_mut() {
+                    lp.pop();
+                }
+                break;
+            }
+            token_ids.push(token);
+            // Emit only text that is complete (no dangling half of a multi-byte character).
+            let text = self.tokenizer.decode(&token_ids, true)?;
+            let ready = if text.ends_with('\u{FFFD}') {
+                emitted
+            } else {
+                text.len()
+            };
+            on_token(TokenEvent {
+                token,
+                text: text.get(emitted..ready).unwrap_or(""),
+            });
+            emitted = emitted.max(ready);
+            if token_ids.len() == max_new {
+                break;
+            }
+            let next = Tensor::<B, 2, Int>::from_data(
+                TensorData::new(vec![token as i64], [1, 1]),
+                &self.device,
+            );
+            logits = self
+                .decoder
+                .forward_last(self.decoder.embed(next), &mut cache)?;
+        }
+        metrics.generated_tokens = token_ids.len();
+        if let Some(d) = decode_start {
+            metrics.decode_ms = ms(d);
+            if token_ids.len() > 1 {
+                metrics.decode_tokens_per_s =
+                    (token_ids.len() - 1) as f64 / (metrics.decode_ms / 1e3);
+            }
+        }
+        let text = self.tokenizer.decode(&token_ids, true)?.trim().to_string();
+        Ok(Generation {
+            text,
+            token_ids,
+            logprobs: all_logprobs,
+            finish_reason,
+            metrics,
+        })
+    }
+
+    /// Picks the next token from `[1, vocab]` logits restricted to the usable vocabulary.
+    fn pick(
+        &self,
+        logits: Tensor<B, 2>,
+        vocab: usize,
+        options: &GenerationOptions,
+        rng: &mut Rng,
+        logprobs: Option<&mut Vec<TokenLogprobs>>,
+    ) -> u32 {
+        let logits = logits.narrow(1, 0, vocab);
+        if options.greedy() && logprobs.is_none() {
+            // Only the id crosses to the host.
+            let id = logits.argmax(1).into_data().convert::<i64>();
+            return id.into_vec::<i64>().expect("argmax is an int tensor")[0] as u32;
+        }
+        let host = logits
+            .into_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .expect("float logits");
+        let token = generate::sample(&host, options, rng);
+        if let Some(lp) = logprobs {
+            lp.push(generate::logprobs(
+                &host,
+                token,
+                options.logprobs.unwrap_or(0),
+            ));
+        }
+        token
+    }
+}
+
+fn ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1e3
+}
