@@ -15,9 +15,16 @@ import torch
 def encoder(resolutions, iters):
     import timm
 
-    model = timm.create_model("fastvit_mci3", pretrained=False, inference_mode=True, num_classes=0).eval()
+    from fastvithd_golden import RELEASED, build, seeded_state
+
+    # The weights the Rust benchmarks use (formula seed 7): realistic magnitudes, no denormals,
+    # and the same arithmetic on both sides.
+    model = build(RELEASED)
+    seeded_state(model, 7, round_bf16=False)
     for res in resolutions:
-        x = torch.rand(1, 3, res, res)
+        import formula
+
+        x = torch.from_numpy(formula.image(7, "bench", [1, 3, res, res]))
         with torch.no_grad():
             model.forward_features(x)  # warm-up
             times = []

@@ -3,6 +3,9 @@
 //! - `golden [--only fastvithd|qwen2|e2e]`: regenerates the committed parity fixtures under `fixtures/` from
 //!   the Python references (timm, transformers) in a virtual environment this task creates
 //!   (`.venv/` at the repository root, or `$FASTVLM_VENV`). `cargo test` never needs it.
+//! - `make-checkpoint --variant tiny|0.5b|1.5b|7b [--layers N] --out DIR [--image IMG]
+//!   [--prompt TEXT]`: a seeded random-weight directory in Apple's exact release layout, and,
+//!   with `--image`, the reference's outputs for it in `DIR.reference.safetensors`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -21,6 +24,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("golden") => golden(&args[1..]),
+        Some("make-checkpoint") => make_checkpoint(&args[1..]),
         Some("-h" | "--help") | None => {
             println!(
                 "usage: cargo xtask golden [--only NAME]\n\ngenerators: {}",
@@ -103,6 +107,43 @@ fn golden(args: &[String]) -> Result<(), String> {
             .current_dir(root())
             .arg(script)
             .args(["--out", out]))?;
+    }
+    Ok(())
+}
+
+fn make_checkpoint(args: &[String]) -> Result<(), String> {
+    let mut make = vec!["make-checkpoint".to_string()];
+    let mut reference = Vec::new();
+    let mut out = None;
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let value = it
+            .next()
+            .ok_or_else(|| format!("`{flag}` needs a value"))?
+            .clone();
+        match flag.as_str() {
+            "--variant" | "--layers" => make.extend([flag.clone(), value]),
+            "--out" => {
+                make.extend([flag.clone(), value.clone()]);
+                out = Some(value);
+            }
+            "--image" | "--prompt" | "--max-new-tokens" | "--logprobs" => {
+                reference.extend([flag.clone(), value])
+            }
+            _ => return Err(format!("unknown flag `{flag}` for make-checkpoint")),
+        }
+    }
+    let out = out.ok_or("make-checkpoint needs --out DIR")?;
+    let python = python()?;
+    let script = root().join("xtask/python/fastvlm_reference.py");
+    run(Command::new(&python).arg(&script).args(&make))?;
+    if !reference.is_empty() {
+        let file = format!("{}.reference.safetensors", out.trim_end_matches('/'));
+        run(Command::new(&python)
+            .arg(&script)
+            .args(["reference", "--model", &out, "--out", &file])
+            .args(&reference))?;
+        eprintln!("xtask: reference outputs in {file}");
     }
     Ok(())
 }

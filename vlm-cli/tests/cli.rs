@@ -1,0 +1,280 @@
+//! The binary on the tiny release-layout checkpoint: JSON output, streaming, encode, info, and
+//! every user error as one clear line with a non-zero exit.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/e2e")
+}
+
+fn model() -> PathBuf {
+    fixtures().join("tiny-fastvlm")
+}
+
+fn image() -> PathBuf {
+    fixtures().join("images/wide.png")
+}
+
+fn cli(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vlm-cli"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A failure: exit code ≠ 0, one `error:` line on stderr mentioning `needle`, no panic.
+fn assert_clean_failure(out: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "succeeded unexpectedly: {stderr}");
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    assert!(stderr.contains(needle), "expected `{needle}` in: {stderr}");
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// A copy of the tiny checkpoint that a test may break.
+fn copy_model() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(model()).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+    }
+    dir
+}
+
+#[test]
+fn predict_json_gives_the_reference_ids_and_logprobs() {
+    let out = cli(&[
+        "predict",
+        "--model-path",
+        s(&model()),
+        "--image-file",
+        s(&image()),
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "24",
+        "--json",
+        "--logprobs",
+        "5",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ids: Vec<u64> = json["token_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    let reference = vlm_pipeline_reference_ids();
+    assert_eq!(ids, reference);
+    let steps = json["logprobs"].as_array().unwrap();
+    assert_eq!(steps.len(), ids.len());
+    assert_eq!(steps[0]["top_logprobs"].as_array().unwrap().len(), 5);
+    assert!(json["metrics"]["ttft_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(json["finish_reason"], "length");
+}
+
+fn vlm_pipeline_reference_ids() -> Vec<u64> {
+    // Read the ids from the reference file's safetensors header and data.
+    let bytes = std::fs::read(fixtures().join("reference.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let view = st.tensor("generated_ids").unwrap();
+    view.data()
+        .chunks_exact(8)
+        .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u64)
+        .collect()
+}
+
+#[test]
+fn predict_streams_plain_text() {
+    let out = cli(&[
+        "predict",
+        "--model-path",
+        s(&model()),
+        "--image-file",
+        s(&image()),
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "5",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.ends_with('\n') && text.trim().len() > 1, "{text:?}");
+}
+
+#[test]
+fn encode_writes_features_and_projection() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("features.safetensors");
+    let out = cli(&[
+        "encode",
+        "--model-path",
+        s(&model()),
+        "--image-file",
+        s(&image()),
+        "--output",
+        s(&path),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bytes = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(st.tensor("image_features").unwrap().shape(), [16, 256]);
+    assert_eq!(st.tensor("projected").unwrap().shape(), [16, 64]);
+    // Nothing else left behind.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+}
+
+#[test]
+fn info_describes_the_checkpoint() {
+    let out = cli(&["info", "--model-path", s(&model())]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    for needle in [
+        "FastViTHD",
+        "256×256 → 16 tokens",
+        "Qwen2, 2 layers",
+        "tokenizer 323 tokens",
+        "BF16",
+    ] {
+        assert!(text.contains(needle), "missing `{needle}` in:\n{text}");
+    }
+}
+
+#[test]
+fn user_errors_are_one_clear_line() {
+    let missing = fixtures().join("no-such-model");
+    assert_clean_failure(
+        &cli(&["info", "--model-path", s(&missing)]),
+        "does not exist",
+    );
+
+    let out = cli(&[
+        "predict",
+        "--model-path",
+        s(&model()),
+        "--image-file",
+        "/no/such/image.png",
+    ]);
+    assert_clean_failure(&out, "/no/such/image.png");
+
+    let dir = tempfile::tempdir().unwrap();
+    let corrupt = dir.path().join("corrupt.png");
+    std::fs::write(&corrupt, b"\x89PNG\r\n\x1a\nthis is not a png").unwrap();
+    let out = cli(&[
+        "predict",
+        "--model-path",
+        s(&model()),
+        "--image-file",
+        s(&corrupt),
+    ]);
+    assert_clean_failure(&out, "corrupt.png");
+
+    let wrong = copy_model();
+    let config = std::fs::read_to_string(wrong.path().join("config.json")).unwrap();
+    std::fs::write(
+        wrong.path().join("config.json"),
+        config.replace("llava_qwen2", "llava_llama"),
+    )
+    .unwrap();
+    assert_clean_failure(
+        &cli(&["info", "--model-path", s(wrong.path())]),
+        "llava_llama",
+    );
+
+    let truncated = copy_model();
+    let weights = truncated.path().join("model.safetensors");
+    let bytes = std::fs::read(&weights).unwrap();
+    std::fs::write(&weights, &bytes[..bytes.len() / 2]).unwrap();
+    assert_clean_failure(
+        &cli(&["info", "--model-path", s(truncated.path())]),
+        "model.safetensors",
+    );
+
+    let long = "word ".repeat(9000);
+    let out = cli(&[
+        "predict",
+        "--model-path",
+        s(&model()),
+        "--image-file",
+        s(&image()),
+        "--prompt",
+        &long,
+    ]);
+    assert_clean_failure(&out, "at most 8192");
+
+    let out = cli(&["info", "--model-path", s(&model()), "--backend", "tpu"]);
+    assert_clean_failure(&out, "tpu");
+}
+
+#[test]
+fn missing_and_misshaped_tensors_are_named() {
+    use std::collections::HashMap;
+
+    let rewrite =
+        |edit: &dyn Fn(&mut HashMap<String, (safetensors::Dtype, Vec<usize>, Vec<u8>)>)| {
+            let dir = copy_model();
+            let path = dir.path().join("model.safetensors");
+            let bytes = std::fs::read(&path).unwrap();
+            let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+            let mut tensors: HashMap<String, (safetensors::Dtype, Vec<usize>, Vec<u8>)> = st
+                .tensors()
+                .into_iter()
+                .map(|(n, v)| (n, (v.dtype(), v.shape().to_vec(), v.data().to_vec())))
+                .collect();
+            edit(&mut tensors);
+            let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+                .iter()
+                .map(|(n, (d, s, b))| {
+                    (
+                        n.clone(),
+                        safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
+                    )
+                })
+                .collect();
+            std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
+            dir
+        };
+    let name = "model.layers.1.mlp.up_proj.weight";
+    let dir = rewrite(&|t| {
+        t.remove(name);
+    });
+    assert_clean_failure(&cli(&["info", "--model-path", s(dir.path())]), name);
+
+    let dir = rewrite(&|t| {
+        let entry = t.get_mut(name).unwrap();
+        entry.1 = vec![entry.1[1], entry.1[0]];
+    });
+    let out = cli(&["info", "--model-path", s(dir.path())]);
+    assert_clean_failure(&out, "expected [128, 64]");
+}
