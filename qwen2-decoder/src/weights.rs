@@ -82,7 +82,7 @@ impl<'a, B: Backend> WeightLoader<'a, B> {
         ))
     }
 
-    /// A linear layer from PyTorch's `[out, in]` weight (burn keeps `[in, out]`).
+    /// A linear layer from PyTorch's `[out, in]` weight.
     pub(crate) fn linear(
         &mut self,
         name: &str,
@@ -90,7 +90,13 @@ impl<'a, B: Backend> WeightLoader<'a, B> {
         d_out: usize,
         bias: bool,
     ) -> Result<Linear<B>, LoadError> {
-        let weight = self.tensor(&format!("{name}.weight"), [d_out, d_in])?;
+        // burn keeps `[in, out]`: transpose on the host so the parameter is contiguous (a
+        // transposed view would be re-laid-out by every matmul).
+        let out_in = self.host(&format!("{name}.weight"), &[d_out, d_in])?;
+        let weight: Tensor<B, 2> = Tensor::from_data(
+            TensorData::new(transpose(&out_in, d_out, d_in), [d_in, d_out]),
+            &self.device,
+        );
         let bias = if bias {
             Some(Param::from_tensor(
                 self.tensor(&format!("{name}.bias"), [d_out])?,
@@ -101,8 +107,19 @@ impl<'a, B: Backend> WeightLoader<'a, B> {
         let mut linear = LinearConfig::new(d_in, d_out)
             .with_bias(bias.is_some())
             .init(&self.device);
-        linear.weight = Param::from_tensor(weight.transpose());
+        linear.weight = Param::from_tensor(weight);
         linear.bias = bias;
         Ok(linear)
     }
+}
+
+/// Row-major `[rows, cols]` → `[cols, rows]`.
+pub(crate) fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; values.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = values[r * cols + c];
+        }
+    }
+    out
 }

