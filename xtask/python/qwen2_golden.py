@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 import formula
+from fastvlm_reference import qwen2_shapes as names_and_shapes
 
 SEED = 2025
 CONFIGS = {
@@ -29,24 +30,6 @@ CONFIGS = {
 }
 PROMPT_LEN = 11
 NEW_TOKENS = 20
-
-
-def names_and_shapes(cfg):
-    h, i, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
-    kv = cfg["num_key_value_heads"] * (h // cfg["num_attention_heads"])
-    out = [("model.embed_tokens.weight", [v, h])]
-    for l in range(cfg["num_hidden_layers"]):
-        p = f"model.layers.{l}"
-        out += [(f"{p}.input_layernorm.weight", [h]), (f"{p}.self_attn.q_proj.weight", [h, h]),
-                (f"{p}.self_attn.q_proj.bias", [h]), (f"{p}.self_attn.k_proj.weight", [kv, h]),
-                (f"{p}.self_attn.k_proj.bias", [kv]), (f"{p}.self_attn.v_proj.weight", [kv, h]),
-                (f"{p}.self_attn.v_proj.bias", [kv]), (f"{p}.self_attn.o_proj.weight", [h, h]),
-                (f"{p}.post_attention_layernorm.weight", [h]), (f"{p}.mlp.gate_proj.weight", [i, h]),
-                (f"{p}.mlp.up_proj.weight", [i, h]), (f"{p}.mlp.down_proj.weight", [h, i])]
-    out.append(("model.norm.weight", [h]))
-    if not cfg["tie_word_embeddings"]:
-        out.append(("lm_head.weight", [v, h]))
-    return out
 
 
 def main():
