@@ -14,7 +14,10 @@ fn main() {
     for name in w.names() {
         n += w.get(name).unwrap().num_elements();
     }
-    println!("decode all {n} values to f32: {:.2} s", t.elapsed().as_secs_f64());
+    println!(
+        "decode all {n} values to f32: {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
     let t = Instant::now();
     let _ = Tokenizer::from_dir(&dir).unwrap();
     println!("tokenizer: {:.2} s", t.elapsed().as_secs_f64());

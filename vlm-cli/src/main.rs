@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use burn::tensor::backend::Backend;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
-use vlm_pipeline::{FastVlm, GenerationOptions, Message, Request, Role, image};
+use vlm_pipeline::{FastVlm, GenerationOptions, Message, Request, Role, image, zoo};
 
 #[derive(Parser)]
 #[command(
@@ -28,13 +28,35 @@ enum Command {
     Encode(EncodeArgs),
     /// Describe a release directory: architecture, sizes, tokenizer.
     Info(ModelArgs),
+    /// Download Apple's released checkpoints (resumable; a directory appears only when complete).
+    Download(DownloadArgs),
+}
+
+#[derive(Args)]
+struct DownloadArgs {
+    /// fastvlm-0.5b, fastvlm-1.5b-stage2, … (a bare size is stage 3).
+    models: Vec<String>,
+    /// Every model of the zoo.
+    #[arg(long, conflicts_with = "models")]
+    all: bool,
+    /// Where the model directories go (default: $FASTVLM_HOME, else ~/.cache/fastvlm).
+    #[arg(long)]
+    dest: Option<PathBuf>,
+    /// Show the zoo, sizes, and what is present.
+    #[arg(long)]
+    list: bool,
 }
 
 #[derive(Args)]
 struct ModelArgs {
-    /// A FastVLM release directory (e.g. llava-fastvithd_0.5b_stage3).
+    /// A FastVLM release directory (e.g. llava-fastvithd_0.5b_stage3, or a Hugging Face
+    /// apple/FastVLM-0.5B download).
+    #[arg(long, required_unless_present = "model", conflicts_with = "model")]
+    model_path: Option<PathBuf>,
+    /// A released model by name (fastvlm-0.5b, fastvlm-7b-stage2, …; `download --list`),
+    /// downloaded into the cache ($FASTVLM_HOME, else ~/.cache/fastvlm) on first use.
     #[arg(long)]
-    model_path: PathBuf,
+    model: Option<String>,
     /// Compute backend, among those compiled in.
     #[arg(long, default_value = "cpu")]
     backend: String,
@@ -106,6 +128,7 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Predict(a) => &a.model,
         Command::Encode(a) => &a.model,
         Command::Info(a) => a,
+        Command::Download(a) => return download(a),
     };
     let _ = model.dtype;
     match model.backend.as_str() {
@@ -126,11 +149,137 @@ fn dispatch<B: Backend>(command: &Command, device: &B::Device) -> Result<(), Str
         Command::Predict(args) => predict::<B>(args, device),
         Command::Encode(args) => encode::<B>(args, device),
         Command::Info(args) => info::<B>(args, device),
+        Command::Download(args) => download(args),
     }
 }
 
-fn load<B: Backend>(path: &Path, device: &B::Device) -> Result<FastVlm<B>, String> {
-    FastVlm::load(path, device).map_err(|e| format!("cannot load `{}`: {e}", path.display()))
+impl ModelArgs {
+    /// The model directory: `--model-path`, or `--model` from the cache, fetched when missing.
+    fn directory(&self) -> Result<PathBuf, String> {
+        match (&self.model_path, &self.model) {
+            (Some(path), _) => Ok(path.clone()),
+            (None, Some(name)) => {
+                let entry = zoo::lookup(name).map_err(|e| e.to_string())?;
+                fetch(entry, &zoo::home())
+            }
+            (None, None) => Err("give --model-path DIR or --model NAME".into()),
+        }
+    }
+}
+
+fn load<B: Backend>(args: &ModelArgs, device: &B::Device) -> Result<FastVlm<B>, String> {
+    let path = args.directory()?;
+    FastVlm::load(&path, device).map_err(|e| format!("cannot load `{}`: {e}", path.display()))
+}
+
+fn download(args: &DownloadArgs) -> Result<(), String> {
+    let dest = args.dest.clone().unwrap_or_else(zoo::home);
+    if args.list {
+        println!("{:<22} {:>10}  {}", "model", "≈ size", "present");
+        for entry in zoo::ZOO {
+            let present = zoo::installed(entry, &dest).map(|p| p.display().to_string());
+            println!(
+                "{:<22} {:>7.1} GB  {}",
+                entry.name,
+                entry.approx_bytes as f64 / 1e9,
+                present.unwrap_or_else(|| "-".into())
+            );
+        }
+        return Ok(());
+    }
+    let entries: Vec<&zoo::ZooEntry> = if args.all {
+        zoo::ZOO.iter().collect()
+    } else if args.models.is_empty() {
+        return Err("name the models to download (see `download --list`), or pass --all".into());
+    } else {
+        args.models
+            .iter()
+            .map(|m| zoo::lookup(m).map_err(|e| e.to_string()))
+            .collect::<Result<_, _>>()?
+    };
+    for entry in entries {
+        let dir = fetch(entry, &dest)?;
+        println!("{}: {}", entry.name, dir.display());
+    }
+    Ok(())
+}
+
+/// Downloads with a progress line on stderr (bytes, rate, ETA); skips what is present.
+fn fetch(entry: &zoo::ZooEntry, dest: &Path) -> Result<PathBuf, String> {
+    if let Some(dir) = zoo::installed(entry, dest) {
+        return Ok(dir);
+    }
+    let started = std::time::Instant::now();
+    let mut last = std::time::Instant::now();
+    let (mut total, mut first) = (None, 0u64);
+    let mut stderr = std::io::stderr();
+    let dir = zoo::download(entry, dest, &mut |p| match p {
+        zoo::Progress::Start {
+            total: t,
+            resumed_from,
+        } => {
+            total = t;
+            first = resumed_from;
+            let resumed = if resumed_from > 0 {
+                format!(", resuming at {}", bytes(resumed_from))
+            } else {
+                String::new()
+            };
+            let _ = writeln!(
+                stderr,
+                "{}: downloading {}{resumed}",
+                entry.name,
+                zoo::url(entry)
+            );
+        }
+        zoo::Progress::Bytes { done } => {
+            if last.elapsed().as_millis() < 250 && Some(done) != total {
+                return;
+            }
+            last = std::time::Instant::now();
+            let secs = started.elapsed().as_secs_f64().max(1e-3);
+            let rate = (done - first) as f64 / secs;
+            let line = match total {
+                Some(t) => {
+                    let eta = if rate > 0.0 {
+                        (t - done.min(t)) as f64 / rate
+                    } else {
+                        0.0
+                    };
+                    format!(
+                        "{} / {} ({:.0}%), {}/s, ETA {}:{:02}",
+                        bytes(done),
+                        bytes(t),
+                        100.0 * done as f64 / t.max(1) as f64,
+                        bytes(rate as u64),
+                        eta as u64 / 60,
+                        eta as u64 % 60
+                    )
+                }
+                None => format!("{}, {}/s", bytes(done), bytes(rate as u64)),
+            };
+            let _ = write!(stderr, "\r\x1b[2K{}: {line}", entry.name);
+            let _ = stderr.flush();
+        }
+        zoo::Progress::Unpacking => {
+            let _ = writeln!(stderr, "\n{}: unpacking", entry.name);
+        }
+    });
+    dir.map_err(|e| {
+        let _ = writeln!(std::io::stderr());
+        e.to_string()
+    })
+}
+
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
 }
 
 #[derive(Serialize)]
@@ -166,7 +315,7 @@ fn predict<B: Backend>(args: &PredictArgs, device: &B::Device) -> Result<(), Str
         .map(image::load)
         .transpose()
         .map_err(|e| e.to_string())?;
-    let model = load::<B>(&args.model.model_path, device)?;
+    let model = load::<B>(&args.model, device)?;
     let request = Request {
         image,
         system: args.system_prompt.clone(),
@@ -237,7 +386,7 @@ fn predict<B: Backend>(args: &PredictArgs, device: &B::Device) -> Result<(), Str
 
 fn encode<B: Backend>(args: &EncodeArgs, device: &B::Device) -> Result<(), String> {
     let image = image::load(&args.image_file).map_err(|e| e.to_string())?;
-    let model = load::<B>(&args.model.model_path, device)?;
+    let model = load::<B>(&args.model, device)?;
     let encoded = model.encode_pixels(model.pixels(&image));
     let tensors = [
         ("image_features", encoded.features),
@@ -285,16 +434,17 @@ fn write_atomically(path: &Path, data: &[u8]) -> Result<(), String> {
 }
 
 fn info<B: Backend>(args: &ModelArgs, device: &B::Device) -> Result<(), String> {
-    let model = load::<B>(&args.model_path, device)?;
+    let path = args.directory()?;
+    let model = load::<B>(args, device)?;
     let c = &model.config;
     let counts = c.parameter_counts();
     let h = c.decoder.hidden_size;
-    let weights = vlm_pipeline::Weights::open(&args.model_path).map_err(|e| e.to_string())?;
+    let weights = vlm_pipeline::Weights::open(&path).map_err(|e| e.to_string())?;
     let stored = weights
         .dtype("model.embed_tokens.weight")
         .unwrap_or_else(|| "unknown".into());
     let lines = [
-        format!("model:           {}", args.model_path.display()),
+        format!("model:           {}", path.display()),
         format!(
             "vision tower:    FastViTHD {} (layers {:?}, widths {:?}), {:.2} M parameters",
             c.mm_vision_tower,

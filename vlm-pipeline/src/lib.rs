@@ -14,6 +14,7 @@ pub mod resize;
 pub mod synthetic;
 pub mod tokenizer;
 pub mod weights;
+pub mod zoo;
 
 pub use config::{AspectRatio, ConfigError, FastVlmConfig};
 pub use fastvlm::{EncodedImage, FastVlm, Generation, PipelineError, Request, TokenEvent};
