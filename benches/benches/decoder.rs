@@ -1,0 +1,89 @@
+//! `projector`, `decoder/prefill/{64,280,1024}` and `decoder/step` on FastVLM-0.5B-shaped weights
+//! (synthetic), device sync inside the timed region.
+
+use std::time::Duration;
+
+use benches::{Bench, SEED, sync};
+use burn::tensor::{Distribution, Int, Tensor, TensorData};
+use criterion::{Criterion, criterion_group, criterion_main};
+use qwen2_decoder::{Qwen2, Qwen2Config};
+use vlm_pipeline::synthetic;
+use vlm_projector::{Projector, ProjectorKind};
+
+fn bench(c: &mut Criterion) {
+    let device = Default::default();
+    let config = Qwen2Config::new(896, 4864, 24, 14, 2, 151936).with_tie_word_embeddings(true);
+    let shapes: std::collections::HashMap<String, Vec<usize>> =
+        config.checkpoint_tensors().into_iter().collect();
+    let mut source = |n: &str| {
+        shapes
+            .get(n)
+            .map(|s| TensorData::new(synthetic::tensor(SEED, n, s), s.clone()))
+    };
+    let model = Qwen2::<Bench>::load(&config, "", &mut source, &device).unwrap();
+
+    let projector_shapes = [
+        ("model.mm_projector.0.weight", vec![896, 3072]),
+        ("model.mm_projector.0.bias", vec![896]),
+        ("model.mm_projector.2.weight", vec![896, 896]),
+        ("model.mm_projector.2.bias", vec![896]),
+    ];
+    let projector = Projector::<Bench>::load(
+        ProjectorKind::MlpGelu { depth: 2 },
+        3072,
+        896,
+        "model.mm_projector.",
+        &mut |n| {
+            let (_, s) = projector_shapes.iter().find(|(name, _)| *name == n)?;
+            Some(TensorData::new(synthetic::tensor(SEED, n, s), s.clone()))
+        },
+        &device,
+    )
+    .unwrap();
+
+    let mut group = c.benchmark_group("decoder");
+    group.sample_size(10).warm_up_time(Duration::from_secs(1));
+    let features =
+        Tensor::<Bench, 3>::random([1, 256, 3072], Distribution::Normal(0.0, 0.1), &device);
+    group.bench_function("projector", |b| {
+        b.iter(|| {
+            let y = projector.forward(features.clone());
+            sync::<Bench>(&device);
+            y
+        })
+    });
+    for n in [64, 280, 1024] {
+        let embeds =
+            Tensor::<Bench, 3>::random([1, n, 896], Distribution::Normal(0.0, 0.05), &device);
+        group.bench_function(format!("prefill/{n}"), |b| {
+            b.iter(|| {
+                let mut cache = model.new_cache(1, n + 1, &device).unwrap();
+                let logits = model.forward_last(embeds.clone(), &mut cache).unwrap();
+                sync::<Bench>(&device);
+                logits
+            })
+        });
+    }
+    // One token after a 280-position prompt (a 1024² image and a short question).
+    let prompt =
+        Tensor::<Bench, 3>::random([1, 280, 896], Distribution::Normal(0.0, 0.05), &device);
+    let mut cache = model.new_cache(1, 280 + 4096, &device).unwrap();
+    let _ = model.forward_last(prompt, &mut cache).unwrap();
+    let token = Tensor::<Bench, 2, Int>::from_data(TensorData::new(vec![872i64], [1, 1]), &device);
+    group.bench_function("step", |b| {
+        b.iter(|| {
+            if cache.len() + 1 >= cache.capacity() {
+                cache.reset();
+            }
+            let logits = model
+                .forward_last(model.embed(token.clone()), &mut cache)
+                .unwrap();
+            let id = logits.argmax(1).into_data();
+            id
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
