@@ -168,8 +168,11 @@ impl ModelArgs {
 }
 
 fn load<B: Backend>(args: &ModelArgs, device: &B::Device) -> Result<FastVlm<B>, String> {
-    let path = args.directory()?;
-    FastVlm::load(&path, device).map_err(|e| format!("cannot load `{}`: {e}", path.display()))
+    load_from::<B>(&args.directory()?, device)
+}
+
+fn load_from<B: Backend>(path: &Path, device: &B::Device) -> Result<FastVlm<B>, String> {
+    FastVlm::load(path, device).map_err(|e| format!("cannot load `{}`: {e}", path.display()))
 }
 
 fn download(args: &DownloadArgs) -> Result<(), String> {
@@ -435,7 +438,7 @@ fn write_atomically(path: &Path, data: &[u8]) -> Result<(), String> {
 
 fn info<B: Backend>(args: &ModelArgs, device: &B::Device) -> Result<(), String> {
     let path = args.directory()?;
-    let model = load::<B>(args, device)?;
+    let model = load_from::<B>(&path, device)?;
     let c = &model.config;
     let counts = c.parameter_counts();
     let h = c.decoder.hidden_size;

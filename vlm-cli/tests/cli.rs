@@ -93,14 +93,13 @@ fn predict_json_gives_the_reference_ids_and_logprobs() {
 }
 
 fn vlm_pipeline_reference_ids() -> Vec<u64> {
-    // Read the ids from the reference file's safetensors header and data.
-    let bytes = std::fs::read(fixtures().join("reference.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let view = st.tensor("generated_ids").unwrap();
-    view.data()
-        .chunks_exact(8)
-        .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u64)
-        .collect()
+    let reference = vlm_pipeline::Weights::open(&fixtures().join("reference.safetensors")).unwrap();
+    let ids = reference
+        .get("generated_ids")
+        .unwrap()
+        .into_vec::<i64>()
+        .unwrap();
+    ids.into_iter().map(|i| i as u64).collect()
 }
 
 #[test]

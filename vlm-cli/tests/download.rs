@@ -115,6 +115,14 @@ fn cli(args: &[&str], base: &str, home: &Path) -> Output {
         .unwrap()
 }
 
+/// `vlm-cli download MODELS --dest dest` with `FASTVLM_HOME` = dest.
+fn download(models: &[&str], base: &str, dest: &Path) -> Output {
+    let mut args = vec!["download"];
+    args.extend_from_slice(models);
+    args.extend(["--dest", dest.to_str().unwrap()]);
+    cli(&args, base, dest)
+}
+
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -132,16 +140,7 @@ fn leftovers(dir: &Path) -> Vec<String> {
 fn full_download_then_present_then_used_by_name() {
     let (base, log) = serve(zip_of_tiny_model(), None, 1);
     let dest = tempfile::tempdir().unwrap();
-    let out = cli(
-        &[
-            "download",
-            "fastvlm-0.5b",
-            "--dest",
-            dest.path().to_str().unwrap(),
-        ],
-        &base,
-        dest.path(),
-    );
+    let out = download(&["fastvlm-0.5b"], &base, dest.path());
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains("downloading"), "{}", stderr(&out));
     let model = dest.path().join("llava-fastvithd_0.5b_stage3");
@@ -149,29 +148,11 @@ fn full_download_then_present_then_used_by_name() {
     assert_eq!(leftovers(dest.path()), ["llava-fastvithd_0.5b_stage3"]);
 
     // Present: skipped without a request (the server would take no more).
-    let again = cli(
-        &[
-            "download",
-            "fastvlm-0.5b-stage3",
-            "--dest",
-            dest.path().to_str().unwrap(),
-        ],
-        &base,
-        dest.path(),
-    );
+    let again = download(&["fastvlm-0.5b-stage3"], &base, dest.path());
     assert!(again.status.success(), "{}", stderr(&again));
     assert_eq!(log.lock().unwrap().len(), 1);
 
-    let list = cli(
-        &[
-            "download",
-            "--list",
-            "--dest",
-            dest.path().to_str().unwrap(),
-        ],
-        &base,
-        dest.path(),
-    );
+    let list = download(&["--list"], &base, dest.path());
     let text = String::from_utf8_lossy(&list.stdout);
     assert!(
         text.contains("fastvlm-0.5b-stage3") && text.contains(model.to_str().unwrap()),
@@ -215,13 +196,7 @@ fn a_cut_connection_resumes_with_a_range_request() {
     let half = body.len() / 2;
     let (base, log) = serve(body, Some(half), 2);
     let dest = tempfile::tempdir().unwrap();
-    let args = [
-        "download",
-        "fastvlm-0.5b",
-        "--dest",
-        dest.path().to_str().unwrap(),
-    ];
-    let first = cli(&args, &base, dest.path());
+    let first = download(&["fastvlm-0.5b"], &base, dest.path());
     assert!(!first.status.success());
     assert!(
         stderr(&first).contains("run the same command again to resume"),
@@ -234,7 +209,7 @@ fn a_cut_connection_resumes_with_a_range_request() {
         [".llava-fastvithd_0.5b_stage3.zip.part"]
     );
 
-    let second = cli(&args, &base, dest.path());
+    let second = download(&["fastvlm-0.5b"], &base, dest.path());
     assert!(second.status.success(), "{}", stderr(&second));
     assert!(stderr(&second).contains("resuming"), "{}", stderr(&second));
     assert_eq!(
@@ -253,16 +228,7 @@ fn a_cut_connection_resumes_with_a_range_request() {
 fn corrupt_zip_leaves_nothing_that_looks_complete() {
     let (base, _) = serve(b"PK\x03\x04 definitely not a zip archive".to_vec(), None, 1);
     let dest = tempfile::tempdir().unwrap();
-    let out = cli(
-        &[
-            "download",
-            "fastvlm-0.5b",
-            "--dest",
-            dest.path().to_str().unwrap(),
-        ],
-        &base,
-        dest.path(),
-    );
+    let out = download(&["fastvlm-0.5b"], &base, dest.path());
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(
@@ -280,16 +246,7 @@ fn corrupt_zip_leaves_nothing_that_looks_complete() {
 fn missing_file_and_no_server_name_the_url_and_the_way_out() {
     let (base, _) = serve(Vec::new(), None, 1);
     let dest = tempfile::tempdir().unwrap();
-    let out = cli(
-        &[
-            "download",
-            "fastvlm-7b",
-            "--dest",
-            dest.path().to_str().unwrap(),
-        ],
-        &base,
-        dest.path(),
-    );
+    let out = download(&["fastvlm-7b"], &base, dest.path());
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(
@@ -308,16 +265,7 @@ fn missing_file_and_no_server_name_the_url_and_the_way_out() {
         "{err}"
     );
 
-    let out = cli(
-        &[
-            "download",
-            "fastvlm-3b",
-            "--dest",
-            dest.path().to_str().unwrap(),
-        ],
-        closed,
-        dest.path(),
-    );
+    let out = download(&["fastvlm-3b"], closed, dest.path());
     assert!(
         stderr(&out).contains("unknown model `fastvlm-3b`"),
         "{}",
