@@ -1,6 +1,7 @@
 //! `vlm-cli`: run FastVLM release directories from the command line.
 
 use std::io::Write;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -30,6 +31,36 @@ enum Command {
     Info(ModelArgs),
     /// Download Apple's released checkpoints (resumable; a directory appears only when complete).
     Download(DownloadArgs),
+    /// Serve the live webcam page and an OpenAI-compatible API (`/v1/chat/completions`).
+    Serve(ServeArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// A checkpoint to load at start; the page can load others from --models-root.
+    #[arg(long)]
+    model_path: Option<PathBuf>,
+    /// Address to listen on (loopback by default: the API has no authentication).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: std::net::IpAddr,
+    #[arg(long, default_value_t = 8000)]
+    port: u16,
+    /// Directory of checkpoints the page and API may load (default: the download cache,
+    /// $FASTVLM_HOME, else ~/.cache/fastvlm).
+    #[arg(long)]
+    models_root: Option<PathBuf>,
+    /// Compute backend, among those compiled in.
+    #[arg(long, default_value = "cpu")]
+    backend: String,
+    /// Requests that may wait behind the running one; more get 429.
+    #[arg(long, default_value_t = 8)]
+    queue: usize,
+    /// Largest `max_tokens` a request may ask for.
+    #[arg(long, default_value_t = 2048)]
+    max_tokens: usize,
+    /// Largest image accepted, in pixels (width × height).
+    #[arg(long, default_value_t = 4096 * 4096)]
+    max_image_pixels: u64,
 }
 
 #[derive(Args)]
@@ -124,14 +155,14 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<(), String> {
-    let model = match &cli.command {
-        Command::Predict(a) => &a.model,
-        Command::Encode(a) => &a.model,
-        Command::Info(a) => a,
+    let backend = match &cli.command {
+        Command::Predict(a) => &a.model.backend,
+        Command::Encode(a) => &a.model.backend,
+        Command::Info(a) => &a.backend,
+        Command::Serve(a) => &a.backend,
         Command::Download(a) => return download(a),
     };
-    let _ = model.dtype;
-    match model.backend.as_str() {
+    match backend.as_str() {
         "cpu" => dispatch::<vlm_pipeline::backend::Cpu>(&cli.command, &Default::default()),
         #[cfg(feature = "wgpu")]
         "wgpu" => dispatch::<vlm_pipeline::backend::Gpu>(&cli.command, &Default::default()),
@@ -150,7 +181,50 @@ fn dispatch<B: Backend>(command: &Command, device: &B::Device) -> Result<(), Str
         Command::Encode(args) => encode::<B>(args, device),
         Command::Info(args) => info::<B>(args, device),
         Command::Download(args) => download(args),
+        Command::Serve(args) => serve::<B>(args, device),
     }
+}
+
+fn serve<B: Backend>(args: &ServeArgs, device: &B::Device) -> Result<(), String> {
+    let models_root = match &args.models_root {
+        Some(root) => root.clone(),
+        None => {
+            let home = zoo::home();
+            std::fs::create_dir_all(&home)
+                .map_err(|e| format!("cannot create `{}`: {e}", home.display()))?;
+            home
+        }
+    };
+    let mut options = vlm_server::ServeOptions::new(models_root);
+    options.addr = std::net::SocketAddr::new(args.host, args.port);
+    options.model_path = args.model_path.clone();
+    options.backend = args.backend.clone();
+    options.queue_capacity = args.queue;
+    options.limits.max_tokens = args.max_tokens;
+    options.limits.max_image_pixels = args.max_image_pixels;
+    // GPU backends compile kernels on first use: pay that at load, not on the first answer.
+    options.warm_up = args.backend != "cpu";
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    runtime.block_on(async {
+        let server = vlm_server::Server::bind::<B>(options.clone(), device.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        let addr = server.local_addr().map_err(|e| e.to_string())?;
+        eprintln!(
+            "FastVLM on http://{addr}/ (backend {}, models root {}); Ctrl-C stops",
+            options.backend,
+            options.models_root.display()
+        );
+        server
+            .run(async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await
+            .map_err(|e| e.to_string())
+    })
 }
 
 impl ModelArgs {
@@ -351,6 +425,7 @@ fn predict<B: Backend>(args: &PredictArgs, device: &B::Device) -> Result<(), Str
                 let _ = stdout.write_all(text.as_bytes());
                 let _ = stdout.flush();
             }
+            ControlFlow::Continue(())
         })
         .map_err(|e| e.to_string())?;
     if stream {

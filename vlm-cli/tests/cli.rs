@@ -277,3 +277,31 @@ fn missing_and_misshaped_tensors_are_named() {
     let out = cli(&["info", "--model-path", s(dir.path())]);
     assert_clean_failure(&out, "expected [128, 64]");
 }
+
+#[test]
+fn serve_refuses_bad_setups_cleanly() {
+    let out = cli(&[
+        "serve",
+        "--models-root",
+        "/nonexistent/models",
+        "--port",
+        "0",
+    ]);
+    assert_clean_failure(&out, "models root `/nonexistent/models`");
+    let out = cli(&[
+        "serve",
+        "--model-path",
+        "/nonexistent/model",
+        "--models-root",
+        s(&fixtures()),
+        "--port",
+        "0",
+    ]);
+    assert_clean_failure(&out, "model directory `/nonexistent/model`");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let out = cli(&["serve", "--models-root", s(&fixtures()), "--port", &port]);
+    assert_clean_failure(&out, "cannot listen on 127.0.0.1:");
+    let out = cli(&["serve", "--backend", "tpu"]);
+    assert_clean_failure(&out, "backend `tpu`");
+}

@@ -1,6 +1,7 @@
 //! The whole model: a release directory loaded, an image and a prompt in, text out.
 
 use std::collections::HashSet;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -85,7 +86,9 @@ pub struct Generation {
 /// Streamed while generating.
 #[derive(Debug, Clone)]
 pub struct TokenEvent<'a> {
-    pub token: u32,
+    /// The generated token; `None` for the final event that flushes text held back because it
+    /// ended in an incomplete character (the stream then equals the decoded answer).
+    pub token: Option<u32>,
     /// Text that became complete with this token (may be empty mid-character).
     pub text: &'a str,
 }
@@ -114,6 +117,16 @@ impl<B: Backend> FastVlm<B> {
     /// Loads a release directory (`config.json`, `model.safetensors` or an index with shards,
     /// tokenizer files), converting stored bf16/f16 weights to the backend's float type.
     pub fn load(dir: &Path, device: &B::Device) -> Result<Self, PipelineError> {
+        Self::load_with_progress(dir, device, &mut |_| {})
+    }
+
+    /// [`FastVlm::load`], reporting the fraction of the checkpoint's tensors loaded so far
+    /// (0 to 1) as it goes: for a progress bar while multi-gigabyte weights are converted.
+    pub fn load_with_progress(
+        dir: &Path,
+        device: &B::Device,
+        progress: &mut dyn FnMut(f32),
+    ) -> Result<Self, PipelineError> {
         if !dir.is_dir() {
             return Err(PipelineError::NoDirectory(dir.to_path_buf()));
         }
@@ -133,8 +146,11 @@ impl<B: Backend> FastVlm<B> {
         }
 
         let mut used = HashSet::new();
+        let total = weights.names().len().max(1);
+        progress(0.0);
         let mut source = |name: &str| {
             used.insert(name.to_string());
+            progress(used.len() as f32 / total as f32);
             weights.get(name)
         };
         let encoder = FastVitHd::load(&config.encoder, &naming, &mut source, device)?;
@@ -169,6 +185,7 @@ impl<B: Backend> FastVlm<B> {
                 stop_ids.push(eos);
             }
         }
+        progress(1.0);
         Ok(Self {
             config,
             encoder,
@@ -202,11 +219,12 @@ impl<B: Backend> FastVlm<B> {
         self.tokenizer.len().min(self.config.decoder.vocab_size)
     }
 
-    /// Runs a request, calling `on_token` for every generated token as it comes.
+    /// Runs a request, calling `on_token` for every generated token as it comes; `on_token`
+    /// returning `Break` stops generation (finish reason `Cancelled`), e.g. when the client left.
     pub fn generate(
         &self,
         request: &Request,
-        on_token: &mut dyn FnMut(TokenEvent<'_>),
+        on_token: &mut dyn FnMut(TokenEvent<'_>) -> ControlFlow<()>,
     ) -> Result<Generation, PipelineError> {
         let options = &request.options;
         options.validate().map_err(PipelineError::Options)?;
@@ -305,11 +323,15 @@ impl<B: Backend> FastVlm<B> {
             } else {
                 text.len()
             };
-            on_token(TokenEvent {
-                token,
+            let flow = on_token(TokenEvent {
+                token: Some(token),
                 text: text.get(emitted..ready).unwrap_or(""),
             });
             emitted = emitted.max(ready);
+            if flow.is_break() {
+                finish_reason = FinishReason::Cancelled;
+                break;
+            }
             if token_ids.len() == max_new {
                 break;
             }
@@ -322,6 +344,15 @@ impl<B: Backend> FastVlm<B> {
                 .forward_last(self.decoder.embed(next), &mut cache)?;
         }
         metrics.generated_tokens = token_ids.len();
+        let full = self.tokenizer.decode(&token_ids, true)?;
+        if let Some(rest) = full.get(emitted..).filter(|r| !r.is_empty()) {
+            if finish_reason != FinishReason::Cancelled {
+                let _ = on_token(TokenEvent {
+                    token: None,
+                    text: rest,
+                });
+            }
+        }
         if let Some(d) = decode_start {
             metrics.decode_ms = ms(d);
             if token_ids.len() > 1 {
@@ -329,7 +360,7 @@ impl<B: Backend> FastVlm<B> {
                     (token_ids.len() - 1) as f64 / (metrics.decode_ms / 1e3);
             }
         }
-        let text = self.tokenizer.decode(&token_ids, true)?.trim().to_string();
+        let text = full.trim().to_string();
         Ok(Generation {
             text,
             token_ids,

@@ -68,6 +68,8 @@ pub enum FinishReason {
     Stop,
     /// `max_new_tokens` (or the context) was reached.
     Length,
+    /// The caller stopped it (the token callback returned `Break`).
+    Cancelled,
 }
 
 /// Timings and counts of one request.

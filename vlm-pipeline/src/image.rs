@@ -52,6 +52,12 @@ pub fn load(path: &Path) -> Result<Rgb8, ImageError> {
 
 /// Decodes encoded image bytes (PNG, JPEG, WebP, GIF, BMP, TIFF, …), applying EXIF orientation.
 pub fn decode(bytes: &[u8]) -> Result<Rgb8, ImageError> {
+    decode_limited(bytes, MAX_PIXELS)
+}
+
+/// [`decode`], refusing images above `max_pixels` (width × height) before decoding them: a
+/// server's guard against decompression bombs.
+pub fn decode_limited(bytes: &[u8], max_pixels: u64) -> Result<Rgb8, ImageError> {
     let bad = |e: image::ImageError| ImageError::Decode {
         path: None,
         reason: e.to_string(),
@@ -64,11 +70,11 @@ pub fn decode(bytes: &[u8]) -> Result<Rgb8, ImageError> {
         })?;
     let mut decoder = reader.into_decoder().map_err(bad)?;
     let (w, h) = decoder.dimensions();
-    if (w as u64) * (h as u64) > MAX_PIXELS {
+    if (w as u64) * (h as u64) > max_pixels {
         return Err(ImageError::TooLarge {
             width: w,
             height: h,
-            limit: MAX_PIXELS,
+            limit: max_pixels,
         });
     }
     let orientation = decoder.orientation().ok();

@@ -24,10 +24,11 @@ pub enum Role {
 
 /// The `qwen_2` template: `<|im_start|>system\n{system}<|im_end|>\n`, then each message as
 /// `<|im_start|>{role}\n{text}<|im_end|>\n`, then `<|im_start|>assistant\n` to answer.
-/// `predict.py` puts `<image>\n` before the first user text when there is an image.
+/// `predict.py` puts `<image>\n` before the first user text when there is an image, unless a
+/// message already places the `<image>` marker.
 pub fn qwen2_prompt(system: &str, messages: &[Message], with_image: bool) -> String {
     let mut out = format!("<|im_start|>system\n{system}<|im_end|>\n");
-    let mut image_placed = !with_image;
+    let mut image_placed = !with_image || messages.iter().any(|m| m.content.contains(IMAGE_MARKER));
     for m in messages {
         let role = match m.role {
             Role::User => "user",

@@ -125,7 +125,10 @@ fn tiny_checkpoint_matches_the_reference_end_to_end() {
     };
     let mut streamed = Vec::new();
     let out = model
-        .generate(&request, &mut |e| streamed.push(e.token))
+        .generate(&request, &mut |e| {
+            streamed.extend(e.token);
+            std::ops::ControlFlow::Continue(())
+        })
         .unwrap();
     let expected_ids: Vec<u32> = reference
         .get("generated_ids")

@@ -1,0 +1,270 @@
+//! `GET /ws`: the webcam page's channel. The page sends its settings as JSON text and frames as
+//! binary JPEG; the server answers one frame at a time and keeps only the newest frame that
+//! arrived meanwhile (older waiting frames are dropped and counted), so answers follow the
+//! camera instead of falling behind it.
+//!
+//! Server → page, JSON text: `start {frame}`, `token {frame, text}`, `done {frame, text,
+//! ttft_ms, latency_ms, tokens, finish_reason}`, `dropped {total}`, `error {frame, message}`.
+
+use std::time::Instant;
+
+use axum::extract::State;
+use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
+use axum::response::Response;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
+use vlm_pipeline::prompt::IMAGE_MARKER;
+use vlm_pipeline::{FinishReason, GenerationOptions, Message, Role};
+
+use crate::AppState;
+use crate::openai::decode_image;
+use crate::worker::{Event, GenerateJob, Job, JobError};
+
+/// The page's settings (all optional in a message; absent fields keep their value).
+#[derive(Debug, Clone, Deserialize)]
+struct Settings {
+    prompt: Option<String>,
+    system: Option<String>,
+    temperature: Option<f32>,
+    max_tokens: Option<usize>,
+}
+
+#[derive(Debug, Clone)]
+struct Config {
+    prompt: String,
+    system: Option<String>,
+    temperature: f32,
+    max_tokens: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            prompt: "Describe what you see in one sentence.".into(),
+            system: None,
+            temperature: 0.0,
+            max_tokens: 64,
+        }
+    }
+}
+
+struct InFlight {
+    frame: u64,
+    received: Instant,
+    first_token_ms: Option<f64>,
+    events: UnboundedReceiver<Event>,
+}
+
+/// `GET /ws`.
+pub async fn upgrade(State(app): State<AppState>, ws: WebSocketUpgrade) -> Response {
+    let limit = app.limits.max_body_bytes;
+    ws.max_message_size(limit)
+        .max_frame_size(limit)
+        .on_upgrade(move |socket| session(socket, app))
+}
+
+async fn session(mut socket: WebSocket, app: AppState) {
+    let mut config = Config::default();
+    let mut frames = 0u64;
+    let mut dropped = 0u64;
+    let mut in_flight: Option<InFlight> = None;
+    let mut waiting: Option<(u64, Instant, Vec<u8>)> = None;
+
+    loop {
+        let next_event = async {
+            match in_flight.as_mut() {
+                Some(f) => f.events.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            message = socket.recv() => {
+                let Some(Ok(message)) = message else { break };
+                match message {
+                    WsMessage::Text(text) => {
+                        if let Err(e) = apply(&mut config, text.as_str(), app.limits.max_tokens) {
+                            if send(&mut socket, json!({"type": "error", "frame": null, "message": e})).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                    WsMessage::Binary(bytes) => {
+                        frames += 1;
+                        let frame = (frames, Instant::now(), bytes.to_vec());
+                        if in_flight.is_some() {
+                            if waiting.replace(frame).is_some() {
+                                dropped += 1;
+                                if send(&mut socket, json!({"type": "dropped", "total": dropped})).await.is_err() {
+                                    break;
+                                }
+                            }
+                        } else {
+                            match start(&app, &config, frame).await {
+                                Ok(f) => in_flight = Some(f),
+                                Err(reply) => {
+                                    if reply["type"] == "dropped" {
+                                        dropped += 1;
+                                    }
+                                    let reply = with_total(reply, dropped);
+                                    if send(&mut socket, reply).await.is_err() {
+                                        break;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    WsMessage::Close(_) => break,
+                    WsMessage::Ping(_) | WsMessage::Pong(_) => {}
+                }
+            }
+            event = next_event => {
+                let f = in_flight.as_mut().expect("events come only while a frame is in flight");
+                let (reply, finished) = match event {
+                    Some(Event::Started) => (json!({"type": "start", "frame": f.frame}), false),
+                    Some(Event::Token(text)) => {
+                        f.first_token_ms.get_or_insert_with(|| ms(f.received));
+                        (json!({"type": "token", "frame": f.frame, "text": text}), false)
+                    }
+                    Some(Event::Done(g)) => {
+                        let latency = ms(f.received);
+                        (json!({
+                            "type": "done",
+                            "frame": f.frame,
+                            "text": g.text,
+                            "ttft_ms": f.first_token_ms.unwrap_or(latency),
+                            "latency_ms": latency,
+                            "tokens": g.metrics.generated_tokens,
+                            "finish_reason": match g.finish_reason {
+                                FinishReason::Length => "length",
+                                FinishReason::Stop | FinishReason::Cancelled => "stop",
+                            },
+                            "metrics": g.metrics,
+                        }), true)
+                    }
+                    Some(Event::Failed(e)) => (error_reply(Some(f.frame), &e), true),
+                    None => (json!({"type": "error", "frame": f.frame, "message": "the model thread stopped"}), true),
+                };
+                if send(&mut socket, reply).await.is_err() {
+                    break;
+                }
+                if finished {
+                    in_flight = None;
+                    if let Some(frame) = waiting.take() {
+                        match start(&app, &config, frame).await {
+                            Ok(f) => in_flight = Some(f),
+                            Err(reply) => {
+                                if reply["type"] == "dropped" {
+                                    dropped += 1;
+                                }
+                                let reply = with_total(reply, dropped);
+                                if send(&mut socket, reply).await.is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // Dropping `in_flight` closes its channel: the worker stops at its next token.
+}
+
+/// Queues `frame`; on failure, the message for the page.
+async fn start(
+    app: &AppState,
+    config: &Config,
+    (frame, received, bytes): (u64, Instant, Vec<u8>),
+) -> Result<InFlight, Value> {
+    if app.worker.ready_model().is_none() {
+        return Err(error_reply(Some(frame), &JobError::NoModel));
+    }
+    if app.worker.is_full() {
+        return Err(json!({"type": "dropped"}));
+    }
+    let image = decode_image(bytes, app.limits.max_image_pixels)
+        .await
+        .map_err(|e| json!({"type": "error", "frame": frame, "message": e.message}))?;
+    let (events, rx) = unbounded_channel();
+    let job = GenerateJob {
+        image: Some(image),
+        system: config.system.clone(),
+        messages: vec![Message {
+            role: Role::User,
+            content: config.prompt.clone(),
+        }],
+        options: GenerationOptions {
+            temperature: config.temperature,
+            max_new_tokens: config.max_tokens,
+            ..Default::default()
+        },
+        events,
+    };
+    app.worker
+        .submit(Job::Generate(job))
+        .map_err(|_| json!({"type": "dropped"}))?;
+    Ok(InFlight {
+        frame,
+        received,
+        first_token_ms: None,
+        events: rx,
+    })
+}
+
+fn apply(config: &mut Config, text: &str, max_tokens_limit: usize) -> Result<(), String> {
+    let value: Value = serde_json::from_str(text).map_err(|e| format!("bad message: {e}"))?;
+    if value["type"] != "config" {
+        return Err(format!("unknown message type {}", value["type"]));
+    }
+    let s: Settings = serde_json::from_value(value).map_err(|e| format!("bad config: {e}"))?;
+    let mut next = config.clone();
+    if let Some(p) = s.prompt {
+        if p.contains(IMAGE_MARKER) {
+            return Err(format!("the prompt may not contain `{IMAGE_MARKER}`"));
+        }
+        next.prompt = p;
+    }
+    if let Some(sys) = s.system {
+        next.system = (!sys.trim().is_empty()).then_some(sys);
+    }
+    if let Some(t) = s.temperature {
+        if !(0.0..=2.0).contains(&t) {
+            return Err(format!("temperature must be between 0 and 2, got {t}"));
+        }
+        next.temperature = t;
+    }
+    if let Some(m) = s.max_tokens {
+        if m == 0 || m > max_tokens_limit {
+            return Err(format!(
+                "max_tokens must be between 1 and {max_tokens_limit}, got {m}"
+            ));
+        }
+        next.max_tokens = m;
+    }
+    *config = next;
+    Ok(())
+}
+
+fn error_reply(frame: Option<u64>, e: &JobError) -> Value {
+    let message = match e {
+        JobError::NoModel => "no model loaded".to_string(),
+        JobError::BadRequest(m) | JobError::Internal(m) => m.clone(),
+    };
+    json!({"type": "error", "frame": frame, "message": message})
+}
+
+fn with_total(mut reply: Value, dropped: u64) -> Value {
+    if reply["type"] == "dropped" {
+        reply["total"] = json!(dropped);
+    }
+    reply
+}
+
+async fn send(socket: &mut WebSocket, value: Value) -> Result<(), axum::Error> {
+    socket.send(WsMessage::Text(value.to_string().into())).await
+}
+
+fn ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1e3
+}
