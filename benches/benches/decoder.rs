@@ -3,43 +3,14 @@
 
 use std::time::Duration;
 
-use benches::{Bench, SEED, sync};
+use benches::{Bench, decoder_05b, projector_05b, sync};
 use burn::tensor::{Distribution, Int, Tensor, TensorData};
 use criterion::{Criterion, criterion_group, criterion_main};
-use qwen2_decoder::{Qwen2, Qwen2Config};
-use vlm_pipeline::synthetic;
-use vlm_projector::{Projector, ProjectorKind};
 
 fn bench(c: &mut Criterion) {
     let device = Default::default();
-    let config = Qwen2Config::new(896, 4864, 24, 14, 2, 151936).with_tie_word_embeddings(true);
-    let shapes: std::collections::HashMap<String, Vec<usize>> =
-        config.checkpoint_tensors().into_iter().collect();
-    let mut source = |n: &str| {
-        shapes
-            .get(n)
-            .map(|s| TensorData::new(synthetic::tensor(SEED, n, s), s.clone()))
-    };
-    let model = Qwen2::<Bench>::load(&config, "", &mut source, &device).unwrap();
-
-    let projector_shapes = [
-        ("model.mm_projector.0.weight", vec![896, 3072]),
-        ("model.mm_projector.0.bias", vec![896]),
-        ("model.mm_projector.2.weight", vec![896, 896]),
-        ("model.mm_projector.2.bias", vec![896]),
-    ];
-    let projector = Projector::<Bench>::load(
-        ProjectorKind::MlpGelu { depth: 2 },
-        3072,
-        896,
-        "model.mm_projector.",
-        &mut |n| {
-            let (_, s) = projector_shapes.iter().find(|(name, _)| *name == n)?;
-            Some(TensorData::new(synthetic::tensor(SEED, n, s), s.clone()))
-        },
-        &device,
-    )
-    .unwrap();
+    let model = decoder_05b::<Bench>(&device);
+    let projector = projector_05b::<Bench>(&device);
 
     let mut group = c.benchmark_group("decoder");
     group.sample_size(10).warm_up_time(Duration::from_secs(1));

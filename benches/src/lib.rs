@@ -49,3 +49,99 @@ pub fn image<B: Backend>(res: usize, device: &B::Device) -> Tensor<B, 4> {
 pub fn sync<B: Backend>(device: &B::Device) {
     B::sync(device).expect("device sync");
 }
+
+/// FastVLM-0.5B's language model (Qwen2-0.5B: 24 layers, 896 wide, 14 heads over 2 KV heads,
+/// tied head) with synthetic weights.
+pub fn decoder_05b<B: Backend>(device: &B::Device) -> qwen2_decoder::Qwen2<B> {
+    let config = qwen2_decoder::Qwen2Config::new(896, 4864, 24, 14, 2, 151936)
+        .with_tie_word_embeddings(true);
+    let shapes: std::collections::HashMap<String, Vec<usize>> =
+        config.checkpoint_tensors().into_iter().collect();
+    let mut source = |n: &str| {
+        shapes
+            .get(n)
+            .map(|s| TensorData::new(synthetic::tensor(SEED, n, s), s.clone()))
+    };
+    qwen2_decoder::Qwen2::load(&config, "", &mut source, device)
+        .expect("synthetic weights match the configuration")
+}
+
+/// FastVLM-0.5B's `mlp2x_gelu` projector, 3072 → 896, with synthetic weights.
+pub fn projector_05b<B: Backend>(device: &B::Device) -> vlm_projector::Projector<B> {
+    let shapes = [
+        ("model.mm_projector.0.weight", vec![896, 3072]),
+        ("model.mm_projector.0.bias", vec![896]),
+        ("model.mm_projector.2.weight", vec![896, 896]),
+        ("model.mm_projector.2.bias", vec![896]),
+    ];
+    vlm_projector::Projector::load(
+        vlm_projector::ProjectorKind::MlpGelu { depth: 2 },
+        3072,
+        896,
+        "model.mm_projector.",
+        &mut |n| {
+            let (_, s) = shapes.iter().find(|(name, _)| *name == n)?;
+            Some(TensorData::new(synthetic::tensor(SEED, n, s), s.clone()))
+        },
+        device,
+    )
+    .expect("synthetic weights match the configuration")
+}
+
+/// FastVLM-0.5B at one resolution: encoder, projector, language model.
+pub struct Pipeline<B: Backend> {
+    pub encoder: FastVitHd<B>,
+    pub projector: vlm_projector::Projector<B>,
+    pub decoder: qwen2_decoder::Qwen2<B>,
+}
+
+impl<B: Backend> Pipeline<B> {
+    pub fn new(device: &B::Device) -> Self {
+        Self {
+            encoder: encoder(device),
+            projector: projector_05b(device),
+            decoder: decoder_05b(device),
+        }
+    }
+
+    /// Time to first token: image → image tokens → spliced after `prefix` and before `suffix`
+    /// text ids → prefill → the first id on the host (what a user waits for; tokenising the
+    /// prompt takes microseconds and is left out).
+    pub fn first_token(
+        &self,
+        pixels: Tensor<B, 4>,
+        prefix: &[i64],
+        suffix: &[i64],
+        device: &B::Device,
+    ) -> u32 {
+        let image = self.projector.forward(self.encoder.tokens(pixels));
+        let text = |ids: &[i64]| {
+            self.decoder
+                .embed(Tensor::<B, 2, burn::tensor::Int>::from_data(
+                    TensorData::new(ids.to_vec(), [1, ids.len()]),
+                    device,
+                ))
+        };
+        let embeds = Tensor::cat(vec![text(prefix), image, text(suffix)], 1);
+        let n = embeds.dims()[1];
+        let mut cache = self
+            .decoder
+            .new_cache(1, n + 1, device)
+            .expect("context fits");
+        let logits = self
+            .decoder
+            .forward_last(embeds, &mut cache)
+            .expect("context fits");
+        let id = logits.argmax(1).into_data().convert::<i64>();
+        id.into_vec::<i64>().expect("int ids")[0] as u32
+    }
+}
+
+/// Text ids around the image in predict.py's prompt shape: 14 positions before the image (system
+/// message, user turn), 10 after ("Describe the image.", assistant turn), so a 1024² image makes
+/// 280 positions. Special ids are Qwen2's; word ids are representative (timing does not depend
+/// on them).
+pub const PROMPT_PREFIX: [i64; 14] = [
+    151644, 8948, 198, 2610, 525, 264, 10950, 17847, 13, 151645, 198, 151644, 872, 198,
+];
+pub const PROMPT_SUFFIX: [i64; 10] = [198, 74785, 279, 2168, 13, 151645, 198, 151644, 77091, 198];

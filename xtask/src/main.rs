@@ -10,6 +10,10 @@
 //!   `vlm-cli predict --json --logprobs 5 --temperature 0 --max-new-tokens 24` and `encode` on
 //!   that checkpoint and compares with `DIR.reference.safetensors` (ids, top-5 log-probs within
 //!   1e-3, features rel-L2 ≤ 1e-4).
+//! - `bench-report [--backend cpu|cuda|wgpu] [--res 256,…] [--iters N] [--tokens N]
+//!   [--torch-dtypes f32,bf16] [--compile] [--label NAME]`: builds `fastvlm-bench` (release,
+//!   the backend's feature), runs it and the PyTorch reference in the same run
+//!   (`xtask/python/bench_report.py`) and writes the tables into BENCHMARKS.md.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -30,6 +34,7 @@ fn main() -> ExitCode {
         Some("golden") => golden(&args[1..]),
         Some("make-checkpoint") => make_checkpoint(&args[1..]),
         Some("verify") => verify(&args[1..]),
+        Some("bench-report") => bench_report(&args[1..]),
         Some("-h" | "--help") | None => {
             println!(
                 "usage: cargo xtask golden [--only NAME]\n\ngenerators: {}",
@@ -114,6 +119,52 @@ fn golden(args: &[String]) -> Result<(), String> {
             .args(["--out", out]))?;
     }
     Ok(())
+}
+
+fn bench_report(args: &[String]) -> Result<(), String> {
+    let mut backend = "cpu".to_string();
+    let mut pass = Vec::new();
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        match flag.as_str() {
+            "--compile" => pass.push(flag.clone()),
+            "--backend" => backend = it.next().ok_or("`--backend` needs a value")?.clone(),
+            "--res" | "--iters" | "--tokens" | "--torch-dtypes" | "--label" => {
+                let value = it.next().ok_or_else(|| format!("`{flag}` needs a value"))?;
+                pass.extend([flag.clone(), value.clone()]);
+            }
+            _ => return Err(format!("unknown flag `{flag}` for bench-report")),
+        }
+    }
+    let mut build = Command::new(env!("CARGO"));
+    build
+        .current_dir(root())
+        .args(["build", "--release", "-p", "benches", "--bin", "fastvlm-bench"]);
+    match backend.as_str() {
+        "cpu" => {}
+        "cuda" | "wgpu" => {
+            build.args(["--features", &backend]);
+        }
+        other => return Err(format!("unknown backend `{other}` (cpu, cuda, wgpu)")),
+    }
+    run(&mut build)?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"));
+    let binary = target.join("release/fastvlm-bench");
+    let python = python()?;
+    let device = if backend == "cuda" { "cuda" } else { "cpu" };
+    let mut report = Command::new(&python);
+    report
+        .current_dir(root())
+        .arg("xtask/python/bench_report.py")
+        .arg("--ours")
+        .arg(&binary)
+        .args(["--device", device])
+        .args(&pass)
+        .arg("--command")
+        .arg(format!("cargo xtask bench-report {}", args.join(" ")));
+    run(&mut report)
 }
 
 fn make_checkpoint(args: &[String]) -> Result<(), String> {

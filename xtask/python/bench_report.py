@@ -1,0 +1,204 @@
+"""Ours beside PyTorch in one run, written into BENCHMARKS.md as Markdown tables.
+
+  python bench_report.py --ours target/release/fastvlm-bench [--device cpu|cuda]
+                         [--torch-dtypes f32,bf16] [--compile] [--res 256,...,1536]
+                         [--iters 5] [--label cpu] [--out BENCHMARKS.md] [--raw raw.jsonl]
+
+`cargo xtask bench-report` builds `fastvlm-bench` and calls this; on the GPU machine (no Rust)
+the same command runs with the prebuilt CUDA binary. Each measurement runs in its own process
+(ours, then PyTorch), so peak memory is per pipeline and nothing is shared between them.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def run_lines(cmd, env=None):
+    print("+", " ".join(cmd), file=sys.stderr, flush=True)
+    out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True, env=env).stdout
+    lines = [json.loads(l) for l in out.splitlines() if l.startswith("{")]
+    for l in lines:
+        print(json.dumps(l), file=sys.stderr, flush=True)
+    return lines
+
+
+def machine(device):
+    cpu = platform.processor() or "cpu"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    desc = f"{cpu}, {os.cpu_count()} cores"
+    if device == "cuda":
+        try:
+            gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version",
+                                  "--format=csv,noheader"], stdout=subprocess.PIPE, text=True).stdout.strip()
+            desc = f"{gpu}; host {desc}"
+        except OSError:
+            pass
+    return desc
+
+
+def commit():
+    if os.environ.get("FASTVLM_COMMIT"):
+        return os.environ["FASTVLM_COMMIT"]
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], stdout=subprocess.PIPE,
+                              text=True, cwd=HERE).stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def fmt_ms(v):
+    if v is None:
+        return "–"
+    return f"{v / 1e3:.2f} s" if v >= 1000 else f"{v:.2f} ms" if v >= 1 else f"{v * 1e3:.0f} µs"
+
+
+def ratio(a, b):
+    return f"{a / b:.2f}" if a and b else "–"
+
+
+def render(results, args):
+    def find(bench, impl, dtype=None):
+        for r in results:
+            if r["bench"] == bench and r["impl"] == impl and (dtype is None or r.get("dtype", "f32") == dtype):
+                return r
+        return None
+
+    torch_cols = [("pytorch", d) for d in args.torch_dtypes]
+    if args.compile:
+        torch_cols += [("pytorch-compile", d) for d in args.torch_dtypes]
+    label = {"pytorch": "PyTorch eager", "pytorch-compile": "torch.compile"}
+    torch_version = next((r["torch"] for r in results if "torch" in r), "?")
+    out = [f"Made {datetime.date.today()} at commit `{commit()}` on {machine(args.device)}; "
+           f"ours on `{args.device}` (f32), PyTorch {torch_version} on `{args.device}`. Medians of "
+           f"{args.iters} timed calls after a first call (kernel compilation/autotuning) reported "
+           f"apart. Command: `{args.command}`.", ""]
+
+    head = ["resolution", "GFLOP", "ours", "first call"] + [f"{label[i]} {d}" for i, d in torch_cols] + \
+           [f"ours / {label[i]} {d}" for i, d in torch_cols] + ["ours TFLOP/s", "ours GB/s (≥)"]
+    out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for res in args.res:
+        name = f"encoder/{res}"
+        ours = find(name, "ours")
+        ref = next((r for r in results if r["bench"] == name and "flops" in r), None)
+        if not ours:
+            continue
+        flops = ref["flops"] if ref else None
+        moved = ref["bytes"] if ref else None
+        # Bytes at f32 for ours (PyTorch's line counts its own dtype).
+        if ref and ref.get("dtype") != "f32":
+            moved = moved * 2
+        row = [f"{res}²", f"{flops / 1e9:.0f}" if flops else "–", fmt_ms(ours["ms_median"]),
+               fmt_ms(ours["ms_first"])]
+        refs = [find(name, i, d) for i, d in torch_cols]
+        row += [fmt_ms(r["ms_median"]) if r else "–" for r in refs]
+        row += [ratio(ours["ms_median"], r["ms_median"] if r else None) for r in refs]
+        s = ours["ms_median"] / 1e3
+        row += [f"{flops / s / 1e12:.2f}" if flops else "–", f"{moved / s / 1e9:.1f}" if moved else "–"]
+        out.append("| " + " | ".join(row) + " |")
+    out.append("")
+
+    head = ["measurement", "ours", "first call"] + [f"{label[i]} {d}" for i, d in torch_cols] + \
+           [f"ours / {label[i]} {d}" for i, d in torch_cols]
+    out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name in ["projector", "decoder/prefill/64", "decoder/prefill/280", "decoder/prefill/1024",
+                 "decoder/step", "pipeline/ttft_1024"]:
+        ours = find(name, "ours")
+        if not ours:
+            continue
+        refs = [find(name, i, d) for i, d in torch_cols]
+        row = [name, fmt_ms(ours["ms_median"]), fmt_ms(ours["ms_first"])]
+        row += [fmt_ms(r["ms_median"]) if r else "–" for r in refs]
+        row += [ratio(ours["ms_median"], r["ms_median"] if r else None) for r in refs]
+        out.append("| " + " | ".join(row) + " |")
+    ours = find("pipeline/decode", "ours")
+    if ours:
+        refs = [find("pipeline/decode", i, d) for i, d in torch_cols]
+        row = [f"decode tok/s ({ours['tokens']} tokens after 280)", f"{ours['tok_per_s_median']:.2f}",
+               f"{ours['tok_per_s_first']:.2f}"]
+        row += [f"{r['tok_per_s_median']:.2f}" if r else "–" for r in refs]
+        # Higher is better here: the ratio stays "how many times PyTorch's time per token".
+        row += [ratio(r["tok_per_s_median"], ours["tok_per_s_median"]) if r else "–" for r in refs]
+        out.append("| " + " | ".join(row) + " |")
+    ours = find("pipeline/peak_rss", "ours")
+    if ours:
+        refs = [find("pipeline/peak_rss", i, d) for i, d in torch_cols]
+
+        def mem(r):
+            s = f"{r['peak_rss_mib']} MiB"
+            if "peak_device_mib" in r:
+                s += f" (+{r['peak_device_mib']} MiB device)"
+            return s
+
+        row = ["peak RSS, 0.5B pipeline", mem(ours), ""] + [mem(r) if r else "–" for r in refs]
+        row += [ratio(ours["peak_rss_mib"], r["peak_rss_mib"] if r else None) for r in refs]
+        out.append("| " + " | ".join(row) + " |")
+    return "\n".join(out) + "\n"
+
+
+def write(path, label, table):
+    begin, end = f"<!-- bench-report:{label} -->", f"<!-- /bench-report:{label} -->"
+    text = open(path).read() if os.path.exists(path) else "# Benchmarks\n"
+    block = f"{begin}\n{table}{end}"
+    if begin in text and end in text:
+        a, b = text.index(begin), text.index(end) + len(end)
+        text = text[:a] + block + text[b:]
+    else:
+        text = text.rstrip("\n") + f"\n\n## `cargo xtask bench-report` ({label})\n\n{block}\n"
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--ours", required=True)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--torch-dtypes", default="f32")
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--res", default="256,512,768,1024,1536")
+    p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--tokens", type=int, default=32)
+    p.add_argument("--label", default=None)
+    p.add_argument("--out", default=os.path.join(HERE, "..", "..", "BENCHMARKS.md"))
+    p.add_argument("--raw", default=None)
+    p.add_argument("--command", default=" ".join(sys.argv))
+    args = p.parse_args()
+    args.torch_dtypes = args.torch_dtypes.split(",")
+    args.res = [int(r) for r in args.res.split(",")]
+    args.label = args.label or args.device
+
+    results = []
+    common = ["--iters", str(args.iters)]
+    py = [sys.executable, os.path.join(HERE, "bench_reference.py")]
+    for what, extra in [("encoder", ["--res", ",".join(map(str, args.res))]), ("decoder", []),
+                        ("pipeline", ["--tokens", str(args.tokens)])]:
+        results += run_lines([args.ours, what] + common + extra)
+        for d in args.torch_dtypes:
+            torch_args = common + extra + ["--device", args.device, "--dtype", d]
+            results += run_lines(py + [what] + torch_args)
+            if args.compile:
+                results += run_lines(py + [what] + torch_args + ["--compile"])
+    if args.raw:
+        with open(args.raw, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in results)
+    table = render(results, args)
+    print(table)
+    write(os.path.abspath(args.out), args.label, table)
+
+
+if __name__ == "__main__":
+    main()
