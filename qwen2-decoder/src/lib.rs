@@ -23,6 +23,7 @@ mod mlp;
 mod model;
 mod rms_norm;
 mod rotary;
+pub mod vocab;
 mod weights;
 
 pub use attention::Qwen2Attention;
@@ -33,4 +34,5 @@ pub use mlp::Qwen2Mlp;
 pub use model::{DecodeError, Qwen2};
 pub use rms_norm::RmsNorm;
 pub use rotary::RotaryEmbedding;
+pub use vocab::{LmHead, TokenEmbedding};
 pub use weights::LoadError;

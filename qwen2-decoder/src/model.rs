@@ -1,5 +1,4 @@
 use burn::module::{Module, Param};
-use burn::nn::{Embedding, EmbeddingConfig, Linear};
 use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
 
 use crate::Qwen2Config;
@@ -9,6 +8,7 @@ use crate::layer::Qwen2DecoderLayer;
 use crate::mlp::Qwen2Mlp;
 use crate::rms_norm::RmsNorm;
 use crate::rotary::RotaryEmbedding;
+use crate::vocab::{LmHead, MAX_BLOCK_BYTES, TokenEmbedding, rows_per_block};
 use crate::weights::{LoadError, WeightLoader};
 
 /// A request the model cannot serve.
@@ -23,12 +23,12 @@ pub enum DecodeError {
 /// Qwen2 causal language model (`Qwen2ForCausalLM`).
 #[derive(Module, Debug)]
 pub struct Qwen2<B: Backend> {
-    /// `[vocab, hidden]`; also the output projection when the head is tied.
-    pub embed_tokens: Embedding<B>,
+    /// `[vocab, hidden]` in row blocks; also the output projection when the head is tied.
+    pub embed_tokens: TokenEmbedding<B>,
     pub layers: Vec<Qwen2DecoderLayer<B>>,
     pub norm: RmsNorm<B>,
-    /// `[hidden, vocab]`, absent when tied to the embedding.
-    pub lm_head: Option<Linear<B>>,
+    /// `[hidden, vocab]` in column blocks, absent when tied to the embedding.
+    pub lm_head: Option<LmHead<B>>,
     pub rope: RotaryEmbedding,
     pub max_position_embeddings: usize,
 }
@@ -36,11 +36,23 @@ pub struct Qwen2<B: Backend> {
 impl<B: Backend> Qwen2<B> {
     /// Builds the model from tensors named as in Hugging Face checkpoints, after `prefix`
     /// (empty for Qwen2 and FastVLM files). A tied model never reads `lm_head.weight`.
+    /// Vocabulary-sized tensors are stored in blocks of at most 128 MiB (see [`crate::vocab`]).
     pub fn load(
         config: &Qwen2Config,
         prefix: &str,
         source: &mut dyn FnMut(&str) -> Option<TensorData>,
         device: &B::Device,
+    ) -> Result<Self, LoadError> {
+        Self::load_blocked(config, prefix, source, device, MAX_BLOCK_BYTES)
+    }
+
+    /// [`Qwen2::load`] with vocabulary blocks of at most `max_block_bytes` (at f32).
+    pub fn load_blocked(
+        config: &Qwen2Config,
+        prefix: &str,
+        source: &mut dyn FnMut(&str) -> Option<TensorData>,
+        device: &B::Device,
+        max_block_bytes: usize,
     ) -> Result<Self, LoadError> {
         config.validate().map_err(LoadError::Config)?;
         let mut w = WeightLoader::<B>::new(source, prefix, device);
@@ -55,9 +67,16 @@ impl<B: Backend> Qwen2<B> {
             })
         };
 
-        let mut embed_tokens = EmbeddingConfig::new(config.vocab_size, h).init(device);
-        embed_tokens.weight =
-            Param::from_tensor(w.tensor("model.embed_tokens.weight", [config.vocab_size, h])?);
+        let vocab = config.vocab_size;
+        let rows = rows_per_block(h, max_block_bytes);
+        let table = w.host("model.embed_tokens.weight", &[vocab, h])?;
+        let embed_tokens = TokenEmbedding::new(
+            table
+                .chunks(rows * h)
+                .map(|c| Tensor::from_data(TensorData::new(c.to_vec(), [c.len() / h, h]), device))
+                .collect(),
+        );
+        drop(table);
 
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for l in 0..config.num_hidden_layers {
@@ -89,7 +108,24 @@ impl<B: Backend> Qwen2<B> {
         let lm_head = if config.tie_word_embeddings {
             None
         } else {
-            Some(w.linear("lm_head", h, config.vocab_size, false)?)
+            // `[vocab, hidden]` as stored; each block transposed on the host to a contiguous
+            // `[hidden, cols]` (a transposed view would be re-laid-out by every matmul).
+            let out_in = w.host("lm_head.weight", &[vocab, h])?;
+            Some(LmHead::new(
+                out_in
+                    .chunks(rows * h)
+                    .map(|c| {
+                        let cols = c.len() / h;
+                        let mut t = vec![0f32; c.len()];
+                        for (r, row) in c.chunks(h).enumerate() {
+                            for (k, v) in row.iter().enumerate() {
+                                t[k * cols + r] = *v;
+                            }
+                        }
+                        Tensor::from_data(TensorData::new(t, [h, cols]), device)
+                    })
+                    .collect(),
+            ))
         };
         Ok(Self {
             embed_tokens,
@@ -166,18 +202,14 @@ impl<B: Backend> Qwen2<B> {
 
     /// Hidden states `[batch, n, hidden]` → logits `[batch, n, vocab]`.
     pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
-        match &self.lm_head {
-            Some(head) => head.forward(hidden),
-            None => {
-                let [b, n, h] = hidden.dims();
-                let weight = self.embed_tokens.weight.val();
-                let vocab = weight.dims()[0];
-                hidden
-                    .reshape([b * n, h])
-                    .matmul(weight.transpose())
-                    .reshape([b, n, vocab])
-            }
-        }
+        let [b, n, h] = hidden.dims();
+        let flat = hidden.reshape([b * n, h]);
+        let logits = match &self.lm_head {
+            Some(head) => head.forward(flat),
+            None => self.embed_tokens.project(flat),
+        };
+        let vocab = logits.dims()[1];
+        logits.reshape([b, n, vocab])
     }
 
     /// Logits `[batch, n, vocab]` for every position of `embeds` `[batch, n, hidden]`.

@@ -1,5 +1,5 @@
 use burn::module::{Module, Param};
-use burn::tensor::{Tensor, backend::Backend};
+use burn::tensor::{FloatDType, Tensor, backend::Backend};
 
 /// Root-mean-square norm: `weight · x / √(mean(x²) + ε)` over the last axis.
 #[derive(Module, Debug)]
@@ -10,9 +10,12 @@ pub struct RmsNorm<B: Backend> {
 }
 
 impl<B: Backend> RmsNorm<B> {
-    /// `[batch, seq, hidden]` → same shape.
+    /// `[batch, seq, hidden]` → same shape. Computed in f32 whatever the model's precision, as
+    /// Hugging Face does: a sum of 896+ squares overflows f16.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let dtype = x.dtype();
+        let x = x.cast(FloatDType::F32);
         let rms = (x.clone().square().mean_dim(2) + self.eps).sqrt();
-        (x / rms) * self.weight.val().unsqueeze::<3>()
+        (x / rms).cast(dtype) * self.weight.val().unsqueeze::<3>()
     }
 }

@@ -82,3 +82,52 @@ fn inconsistent_config_is_an_error() {
         Err(LoadError::Config(_))
     ));
 }
+
+/// Vocabulary tensors split into blocks (as wgpu's 128 MiB binding cap needs for real models)
+/// give the same embeddings and logits as one block.
+#[test]
+fn vocabulary_blocks_change_nothing() {
+    use burn::tensor::{Int, Tensor};
+    for tied in [true, false] {
+        let config = config(tied);
+        // Distinct values per element, so a wrong row or column would show.
+        let t: HashMap<String, TensorData> = config
+            .checkpoint_tensors()
+            .into_iter()
+            .map(|(n, s)| {
+                let len = s.iter().product::<usize>();
+                let salt = n.len() as f32;
+                let v = (0..len)
+                    .map(|i| ((i as f32 * 0.37 + salt).sin()) * 0.05)
+                    .collect();
+                (n, TensorData::new(v, s))
+            })
+            .collect();
+        let device = Default::default();
+        let whole = load(&config, &t).unwrap();
+        // 64-wide rows of 4 bytes: 7 rows per block, 50 rows → 8 blocks, the last one short.
+        let blocked = Qwen2::<Flex>::load_blocked(
+            &config,
+            "",
+            &mut |n| t.get(n).cloned(),
+            &device,
+            7 * 64 * 4,
+        )
+        .unwrap();
+        assert_eq!(blocked.embed_tokens.blocks.len(), 8);
+        let ids = Tensor::<Flex, 2, Int>::from_data(
+            TensorData::new(vec![0i64, 6, 7, 13, 49, 21, 48, 1], [2, 4]),
+            &device,
+        );
+        let a = whole.embed(ids.clone());
+        let b = blocked.embed(ids.clone());
+        assert_eq!(a.to_data(), b.to_data(), "embeddings differ (tied {tied})");
+        let mut ca = whole.new_cache(2, 8, &device).unwrap();
+        let mut cb = blocked.new_cache(2, 8, &device).unwrap();
+        let la = whole.forward(ids.clone(), &mut ca).unwrap();
+        let lb = blocked.forward(ids, &mut cb).unwrap();
+        assert_eq!(la.dims(), [2, 4, 50]);
+        la.to_data()
+            .assert_approx_eq::<f32>(&lb.to_data(), burn::tensor::Tolerance::absolute(1e-6));
+    }
+}
