@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use burn::tensor::backend::Backend;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
+use vlm_pipeline::backend::{self, Precision};
 use vlm_pipeline::{FastVlm, GenerationOptions, Message, Request, Role, image, zoo};
 
 #[derive(Parser)]
@@ -52,6 +53,9 @@ struct ServeArgs {
     /// Compute backend, among those compiled in.
     #[arg(long, default_value = "cpu")]
     backend: String,
+    /// Compute precision (f32, f16, bf16; default per backend as for predict).
+    #[arg(long)]
+    dtype: Option<Precision>,
     /// Requests that may wait behind the running one; more get 429.
     #[arg(long, default_value_t = 8)]
     queue: usize,
@@ -91,14 +95,10 @@ struct ModelArgs {
     /// Compute backend, among those compiled in.
     #[arg(long, default_value = "cpu")]
     backend: String,
-    /// Compute precision.
-    #[arg(long, value_enum, default_value_t = DType::F32)]
-    dtype: DType,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum DType {
-    F32,
+    /// Compute precision: f32, f16, bf16 (default: f32 on the CPU, bf16 on CUDA, f16 on wgpu
+    /// where the adapter has shader-f16, else f32).
+    #[arg(long)]
+    dtype: Option<Precision>,
 }
 
 #[derive(Args)]
@@ -155,23 +155,33 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<(), String> {
-    let backend = match &cli.command {
-        Command::Predict(a) => &a.model.backend,
-        Command::Encode(a) => &a.model.backend,
-        Command::Info(a) => &a.backend,
-        Command::Serve(a) => &a.backend,
+    let (backend, dtype) = match &cli.command {
+        Command::Predict(a) => (&a.model.backend, a.model.dtype),
+        Command::Encode(a) => (&a.model.backend, a.model.dtype),
+        Command::Info(a) => (&a.backend, a.dtype),
+        Command::Serve(a) => (&a.backend, a.dtype),
         Command::Download(a) => return download(a),
     };
-    match backend.as_str() {
-        "cpu" => dispatch::<vlm_pipeline::backend::Cpu>(&cli.command, &Default::default()),
-        #[cfg(feature = "wgpu")]
-        "wgpu" => dispatch::<vlm_pipeline::backend::Gpu>(&cli.command, &Default::default()),
+    if !backend::compiled().contains(&backend.as_str()) {
+        return backend::check(backend, Precision::F32);
+    }
+    let precision = dtype.unwrap_or_else(|| backend::default_precision(backend));
+    backend::check(backend, precision)?;
+    let command = &cli.command;
+    #[allow(unused_imports)]
+    use burn::tensor::{bf16, f16};
+    match (backend.as_str(), precision) {
         #[cfg(feature = "cuda")]
-        "cuda" => dispatch::<vlm_pipeline::backend::Cuda>(&cli.command, &Default::default()),
-        other => Err(format!(
-            "backend `{other}` is not compiled into this binary (available: {})",
-            vlm_pipeline::backend::compiled().join(", ")
-        )),
+        ("cuda", Precision::F32) => dispatch::<backend::Cuda<f32>>(command, &Default::default()),
+        #[cfg(feature = "cuda")]
+        ("cuda", Precision::F16) => dispatch::<backend::Cuda<f16>>(command, &Default::default()),
+        #[cfg(feature = "cuda")]
+        ("cuda", Precision::Bf16) => dispatch::<backend::Cuda<bf16>>(command, &Default::default()),
+        #[cfg(feature = "wgpu")]
+        ("wgpu", Precision::F32) => dispatch::<backend::Gpu<f32>>(command, &Default::default()),
+        #[cfg(feature = "wgpu")]
+        ("wgpu", _) => dispatch::<backend::Gpu<f16>>(command, &Default::default()),
+        _ => dispatch::<backend::Cpu>(command, &Default::default()),
     }
 }
 
@@ -198,7 +208,7 @@ fn serve<B: Backend>(args: &ServeArgs, device: &B::Device) -> Result<(), String>
     let mut options = vlm_server::ServeOptions::new(models_root);
     options.addr = std::net::SocketAddr::new(args.host, args.port);
     options.model_path = args.model_path.clone();
-    options.backend = args.backend.clone();
+    options.backend = format!("{} {}", args.backend, compute_dtype::<B>(device));
     options.queue_capacity = args.queue;
     options.limits.max_tokens = args.max_tokens;
     options.limits.max_image_pixels = args.max_image_pixels;
@@ -511,6 +521,12 @@ fn write_atomically(path: &Path, data: &[u8]) -> Result<(), String> {
     })
 }
 
+/// The float type `B` computes in, as `f32`/`f16`/`bf16`.
+fn compute_dtype<B: Backend>(device: &B::Device) -> String {
+    let dtype = burn::tensor::Tensor::<B, 1>::zeros([1], device).dtype();
+    format!("{dtype:?}").to_lowercase()
+}
+
 fn info<B: Backend>(args: &ModelArgs, device: &B::Device) -> Result<(), String> {
     let path = args.directory()?;
     let model = load_from::<B>(&path, device)?;
@@ -565,8 +581,9 @@ fn info<B: Backend>(args: &ModelArgs, device: &B::Device) -> Result<(), String> 
             c.decoder.max_position_embeddings, c.max_length
         ),
         format!(
-            "stored dtype:    {stored} ({} file(s)); compute f32 on {}",
+            "stored dtype:    {stored} ({} file(s)); compute {} on {}",
             weights.files().count(),
+            compute_dtype::<B>(device),
             args.backend
         ),
     ];

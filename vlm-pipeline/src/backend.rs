@@ -2,26 +2,30 @@
 //!
 //! Features of this crate (forwarded by `vlm-cli`, `vlm-server` and `benches`): `flex` (pure-Rust
 //! CPU, default), `ndarray` (CPU), `wgpu` (Vulkan/Metal/DX12 through wgpu; `vulkan` and `metal`
-//! pin the graphics API), `cuda`.
+//! pin the graphics API), `cuda`. Each backend type takes the compute precision as its float
+//! element (`Cuda<half::bf16>`); [`Precision`] names them at run time.
+
+use std::fmt;
+use std::str::FromStr;
 
 /// The pure-Rust CPU backend.
 #[cfg(feature = "flex")]
-pub type Cpu = burn::backend::Flex;
+pub type Cpu<F = f32> = burn::backend::Flex<F>;
 /// The CPU backend (ndarray, when `flex` is not compiled in).
 #[cfg(all(feature = "ndarray", not(feature = "flex")))]
-pub type Cpu = burn::backend::NdArray;
+pub type Cpu<F = f32> = burn::backend::NdArray<F>;
 
 /// The wgpu backend on the graphics API the features pick.
 #[cfg(all(feature = "wgpu", not(feature = "vulkan"), not(feature = "metal")))]
-pub type Gpu = burn::backend::Wgpu;
+pub type Gpu<F = f32> = burn::backend::Wgpu<F>;
 #[cfg(feature = "vulkan")]
-pub type Gpu = burn::backend::Vulkan;
+pub type Gpu<F = f32> = burn::backend::Vulkan<F>;
 #[cfg(all(feature = "metal", not(feature = "vulkan")))]
-pub type Gpu = burn::backend::Metal;
+pub type Gpu<F = f32> = burn::backend::Metal<F>;
 
 /// The CUDA backend.
 #[cfg(feature = "cuda")]
-pub type Cuda = burn::backend::Cuda;
+pub type Cuda<F = f32> = burn::backend::Cuda<F>;
 
 /// Names of the backends compiled into this build, in order of preference.
 pub fn compiled() -> Vec<&'static str> {
@@ -36,4 +40,90 @@ pub fn compiled() -> Vec<&'static str> {
         names.push("cpu");
     }
     names
+}
+
+/// Compute precision: the float type weights and activations are held in. Norm statistics
+/// are computed in f32 at every precision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "f32" => Ok(Self::F32),
+            "f16" => Ok(Self::F16),
+            "bf16" => Ok(Self::Bf16),
+            other => Err(format!("unknown dtype `{other}` (f32, f16, bf16)")),
+        }
+    }
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::F32 => "f32",
+            Self::F16 => "f16",
+            Self::Bf16 => "bf16",
+        })
+    }
+}
+
+/// The precisions `backend` runs. The CPU computes in f32 (no f16/bf16 arithmetic to gain
+/// from); WGSL has f16 (with the adapter's `shader-f16`) but no bf16; CUDA has all three.
+pub fn precisions(backend: &str) -> &'static [Precision] {
+    match backend {
+        "cuda" => &[Precision::F32, Precision::F16, Precision::Bf16],
+        "wgpu" => &[Precision::F32, Precision::F16],
+        _ => &[Precision::F32],
+    }
+}
+
+/// The precision `backend` uses unless told otherwise: f32 on the CPU, bf16 on CUDA (the
+/// checkpoints' own type), f16 on wgpu where the adapter has `shader-f16`, else f32.
+pub fn default_precision(backend: &str) -> Precision {
+    match backend {
+        "cuda" => Precision::Bf16,
+        #[cfg(feature = "wgpu")]
+        "wgpu" => {
+            use burn::tensor::{DType, backend::Backend};
+            if Gpu::<f32>::supports_dtype(&Default::default(), DType::F16) {
+                Precision::F16
+            } else {
+                Precision::F32
+            }
+        }
+        _ => Precision::F32,
+    }
+}
+
+/// Checks that `backend` is compiled in and runs `precision`; the error lists what would do.
+pub fn check(backend: &str, precision: Precision) -> Result<(), String> {
+    let compiled = compiled();
+    if !compiled.contains(&backend) {
+        return Err(format!(
+            "backend `{backend}` is not compiled into this binary (available: {})",
+            compiled.join(", ")
+        ));
+    }
+    let ok = precisions(backend);
+    if !ok.contains(&precision) {
+        let list: Vec<String> = ok.iter().map(ToString::to_string).collect();
+        return Err(format!(
+            "backend `{backend}` does not compute in {precision} (it does: {})",
+            list.join(", ")
+        ));
+    }
+    #[cfg(feature = "wgpu")]
+    if backend == "wgpu" && precision == Precision::F16 {
+        use burn::tensor::{DType, backend::Backend};
+        if !Gpu::<f32>::supports_dtype(&Default::default(), DType::F16) {
+            return Err("this GPU adapter has no shader-f16: use --dtype f32".into());
+        }
+    }
+    Ok(())
 }
