@@ -10,7 +10,8 @@ use std::time::Instant;
 
 use axum::extract::State;
 use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
-use axum::response::Response;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
@@ -18,6 +19,7 @@ use vlm_pipeline::prompt::IMAGE_MARKER;
 use vlm_pipeline::{FinishReason, GenerationOptions, Message, Role};
 
 use crate::AppState;
+use crate::error::ApiError;
 use crate::openai::decode_image;
 use crate::worker::{Event, GenerateJob, Job, JobError};
 
@@ -56,8 +58,29 @@ struct InFlight {
     events: UnboundedReceiver<Event>,
 }
 
-/// `GET /ws`.
-pub async fn upgrade(State(app): State<AppState>, ws: WebSocketUpgrade) -> Response {
+/// `GET /ws`. Browsers send any page's WebSocket to loopback, so a socket opened by another
+/// site (its `Origin` is not this server) is refused: no web page can drive the model or read
+/// the camera answers behind the user's back.
+pub async fn upgrade(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+        let origin_host = origin
+            .to_str()
+            .ok()
+            .and_then(|o| o.split_once("://"))
+            .map(|(_, rest)| rest.trim_end_matches('/'));
+        if host.is_none() || origin_host != host {
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                "WebSocket from another origin refused",
+            )
+            .into_response();
+        }
+    }
     let limit = app.limits.max_body_bytes;
     ws.max_message_size(limit)
         .max_frame_size(limit)

@@ -428,3 +428,24 @@ fn websocket_without_a_model_says_so() {
     let seen = read_until(&mut socket, |v| v["type"] == "error");
     assert_eq!(seen.last().unwrap()["message"], "no model loaded");
 }
+
+#[test]
+fn websocket_from_another_origin_is_refused() {
+    use tungstenite::client::IntoClientRequest;
+    let server = TestServer::start(false, |_| {});
+    let mut request = server.ws_url().into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("Origin", "https://evil.example".parse().unwrap());
+    match tungstenite::connect(request) {
+        Err(tungstenite::Error::Http(response)) => assert_eq!(response.status(), 403),
+        other => panic!("expected 403, got {:?}", other.map(|_| ())),
+    }
+    // The page's own origin is welcome.
+    let mut request = server.ws_url().into_client_request().unwrap();
+    let origin = server.base.clone();
+    request
+        .headers_mut()
+        .insert("Origin", origin.parse().unwrap());
+    assert!(tungstenite::connect(request).is_ok());
+}
