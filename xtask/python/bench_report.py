@@ -1,7 +1,7 @@
 """Ours beside PyTorch in one run, written into BENCHMARKS.md as Markdown tables.
 
   python bench_report.py --ours target/release/fastvlm-bench [--device cpu|cuda]
-                         [--torch-dtypes f32,bf16] [--compile] [--res 256,...,1536]
+                         [--ours-backend cpu|cuda|wgpu] [--dtypes f32,bf16] [--compile] [--res 256,...,1536]
                          [--iters 5] [--label cpu] [--out BENCHMARKS.md] [--raw raw.jsonl]
 
 `cargo xtask bench-report` builds `fastvlm-bench` and calls this; on the GPU machine (no Rust)
@@ -70,21 +70,30 @@ def ratio(a, b):
 
 
 def render(results, args):
-    def find(bench, impl, dtype=None):
+    torch_version = next((r["torch"] for r in results if "torch" in r), "?")
+    out = [f"Made {datetime.date.today()} at commit `{commit()}` on {machine(args.device)}; "
+           f"ours on `{args.ours_backend}`, PyTorch {torch_version} on `{args.device}`. Medians of "
+           f"{args.iters} timed calls after a first call (kernel compilation/autotuning) reported "
+           f"apart; ratios are ours / PyTorch at the same precision. Command: `{args.command}`.", ""]
+    for d in args.ours_dtypes:
+        if len(args.ours_dtypes) > 1:
+            out += [f"**{d}**", ""]
+        out += render_dtype(results, args, d)
+    return "\n".join(out) + "\n"
+
+
+def render_dtype(results, args, dtype):
+    def find(bench, impl, d=dtype):
         for r in results:
-            if r["bench"] == bench and r["impl"] == impl and (dtype is None or r.get("dtype", "f32") == dtype):
+            if r["bench"] == bench and r["impl"] == impl and r.get("dtype", "f32") == d:
                 return r
         return None
 
-    torch_cols = [("pytorch", d) for d in args.torch_dtypes]
+    torch_cols = [("pytorch", dtype)]
     if args.compile:
-        torch_cols += [("pytorch-compile", d) for d in args.torch_dtypes]
+        torch_cols += [("pytorch-compile", dtype)]
     label = {"pytorch": "PyTorch eager", "pytorch-compile": "torch.compile"}
-    torch_version = next((r["torch"] for r in results if "torch" in r), "?")
-    out = [f"Made {datetime.date.today()} at commit `{commit()}` on {machine(args.device)}; "
-           f"ours on `{args.device}` (f32), PyTorch {torch_version} on `{args.device}`. Medians of "
-           f"{args.iters} timed calls after a first call (kernel compilation/autotuning) reported "
-           f"apart. Command: `{args.command}`.", ""]
+    out = []
 
     head = ["resolution", "GFLOP", "ours", "first call"] + [f"{label[i]} {d}" for i, d in torch_cols] + \
            [f"ours / {label[i]} {d}" for i, d in torch_cols] + ["ours TFLOP/s", "ours GB/s (≥)"]
@@ -92,21 +101,23 @@ def render(results, args):
     for res in args.res:
         name = f"encoder/{res}"
         ours = find(name, "ours")
-        ref = next((r for r in results if r["bench"] == name and "flops" in r), None)
+        ref = next((r for r in results if r["bench"] == name and "flops" in r and r.get("dtype") == dtype),
+                   next((r for r in results if r["bench"] == name and "flops" in r), None))
         if not ours:
             continue
         flops = ref["flops"] if ref else None
         moved = ref["bytes"] if ref else None
-        # Bytes at f32 for ours (PyTorch's line counts its own dtype).
-        if ref and ref.get("dtype") != "f32":
-            moved = moved * 2
+        # PyTorch's line counts bytes at its own precision; scale to ours.
+        size = {"f32": 4, "f16": 2, "bf16": 2}
+        if ref and moved:
+            moved = moved * size[dtype] // size[ref.get("dtype", "f32")]
         row = [f"{res}²", f"{flops / 1e9:.0f}" if flops else "–", fmt_ms(ours["ms_median"]),
                fmt_ms(ours["ms_first"])]
         refs = [find(name, i, d) for i, d in torch_cols]
         row += [fmt_ms(r["ms_median"]) if r else "–" for r in refs]
         row += [ratio(ours["ms_median"], r["ms_median"] if r else None) for r in refs]
         s = ours["ms_median"] / 1e3
-        row += [f"{flops / s / 1e12:.2f}" if flops else "–", f"{moved / s / 1e9:.1f}" if moved else "–"]
+        row += [f"{flops / s / 1e12:.3g}" if flops else "–", f"{moved / s / 1e9:.3g}" if moved else "–"]
         out.append("| " + " | ".join(row) + " |")
     out.append("")
 
@@ -126,7 +137,8 @@ def render(results, args):
     ours = find("pipeline/decode", "ours")
     if ours:
         refs = [find("pipeline/decode", i, d) for i, d in torch_cols]
-        row = [f"decode tok/s ({ours['tokens']} tokens after 280)", f"{ours['tok_per_s_median']:.2f}",
+        row = [f"decode tok/s ({ours['tokens']} tokens after 280; ratio: PyTorch's rate ÷ ours)",
+               f"{ours['tok_per_s_median']:.2f}",
                f"{ours['tok_per_s_first']:.2f}"]
         row += [f"{r['tok_per_s_median']:.2f}" if r else "–" for r in refs]
         # Higher is better here: the ratio stays "how many times PyTorch's time per token".
@@ -145,7 +157,8 @@ def render(results, args):
         row = ["peak RSS, 0.5B pipeline", mem(ours), ""] + [mem(r) if r else "–" for r in refs]
         row += [ratio(ours["peak_rss_mib"], r["peak_rss_mib"] if r else None) for r in refs]
         out.append("| " + " | ".join(row) + " |")
-    return "\n".join(out) + "\n"
+    out.append("")
+    return out
 
 
 def write(path, label, table):
@@ -167,7 +180,8 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--ours", required=True)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--torch-dtypes", default="f32")
+    p.add_argument("--ours-backend", default=None, help="cpu, cuda, wgpu (default: cpu, or cuda with --device cuda)")
+    p.add_argument("--dtypes", default="f32", help="precisions, each run by ours and PyTorch")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--res", default="256,512,768,1024,1536")
     p.add_argument("--iters", type=int, default=5)
@@ -175,19 +189,29 @@ def main():
     p.add_argument("--label", default=None)
     p.add_argument("--out", default=os.path.join(HERE, "..", "..", "BENCHMARKS.md"))
     p.add_argument("--raw", default=None)
+    p.add_argument("--from-raw", default=None, help="render saved results instead of measuring")
     p.add_argument("--command", default=" ".join(sys.argv))
     args = p.parse_args()
-    args.torch_dtypes = args.torch_dtypes.split(",")
+    args.ours_dtypes = args.dtypes.split(",")
+    args.ours_backend = args.ours_backend or ("cuda" if args.device == "cuda" else "cpu")
     args.res = [int(r) for r in args.res.split(",")]
     args.label = args.label or args.device
 
     results = []
+    if args.from_raw:
+        with open(args.from_raw) as f:
+            results = [json.loads(l) for l in f if l.startswith("{")]
+        table = render(results, args)
+        print(table)
+        write(os.path.abspath(args.out), args.label, table)
+        return
     common = ["--iters", str(args.iters)]
     py = [sys.executable, os.path.join(HERE, "bench_reference.py")]
     for what, extra in [("encoder", ["--res", ",".join(map(str, args.res))]), ("decoder", []),
                         ("pipeline", ["--tokens", str(args.tokens)])]:
-        results += run_lines([args.ours, what] + common + extra)
-        for d in args.torch_dtypes:
+        for d in args.ours_dtypes:
+            results += run_lines([args.ours, what] + common + extra + ["--backend", args.ours_backend, "--dtype", d])
+        for d in args.ours_dtypes:
             torch_args = common + extra + ["--device", args.device, "--dtype", d]
             results += run_lines(py + [what] + torch_args)
             if args.compile:
