@@ -53,7 +53,16 @@ SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 # ---------------------------------------------------------------- tokenizer files
 
 def qwen2_vocab():
-    """(tokens, merges) of the real Qwen2 vocabulary, from llama.cpp's test vocabulary."""
+    """(tokens, merges) of the real Qwen2 vocabulary, from llama.cpp's test vocabulary; or, with
+    FASTVLM_VOCAB_DIR set, from the vocab.json/merges.txt of a checkpoint made before (the GPU
+    machine has no network and no gguf reader)."""
+    carried = os.environ.get("FASTVLM_VOCAB_DIR")
+    if carried:
+        with open(os.path.join(carried, "vocab.json"), encoding="utf-8") as f:
+            vocab = json.load(f)
+        with open(os.path.join(carried, "merges.txt"), encoding="utf-8") as f:
+            merges = [l.rstrip("\n") for l in f if l.strip() and not l.startswith("#version")]
+        return [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])], merges
     cache = os.path.join(os.path.expanduser("~"), ".cache", "fastvlm-rs", "ggml-vocab-qwen2.gguf")
     if not os.path.exists(cache):
         # The sdist is fetched as a file (pip would try to build it): PyPI's JSON API names it.

@@ -10,8 +10,13 @@
 //!   `vlm-cli predict --json --logprobs 5 --temperature 0 --max-new-tokens 24` and `encode` on
 //!   that checkpoint and compares with `DIR.reference.safetensors` (ids, top-5 log-probs within
 //!   1e-3, features rel-L2 ≤ 1e-4).
+//! - `device-check [--out gpu-check] [--no-vulkan]`: the GPU machine's bundle (under 64 MiB):
+//!   stripped, xz-compressed `vlm-cli` and `fastvlm-bench` built with `cuda` (and `vulkan`),
+//!   the Python references, the Qwen2 tokenizer files, the CPU f32 outputs of the
+//!   FastVLM-0.5B-shaped checkpoint made here, and `run.sh` (`xtask/gpu/run.sh`), which
+//!   regenerates that checkpoint there and compares every backend and precision with them.
 //! - `bench-report [--backend cpu|cuda|wgpu] [--res 256,…] [--iters N] [--tokens N]
-//!   [--torch-dtypes f32,bf16] [--compile] [--label NAME]`: builds `fastvlm-bench` (release,
+//!   [--dtypes f32,bf16] [--compile] [--label NAME]`: builds `fastvlm-bench` (release,
 //!   the backend's feature), runs it and the PyTorch reference in the same run
 //!   (`xtask/python/bench_report.py`) and writes the tables into BENCHMARKS.md.
 
@@ -35,6 +40,7 @@ fn main() -> ExitCode {
         Some("make-checkpoint") => make_checkpoint(&args[1..]),
         Some("verify") => verify(&args[1..]),
         Some("bench-report") => bench_report(&args[1..]),
+        Some("device-check") => device_check(&args[1..]),
         Some("-h" | "--help") | None => {
             println!(
                 "usage: cargo xtask golden [--only NAME]\n\ngenerators: {}",
@@ -129,7 +135,7 @@ fn bench_report(args: &[String]) -> Result<(), String> {
         match flag.as_str() {
             "--compile" => pass.push(flag.clone()),
             "--backend" => backend = it.next().ok_or("`--backend` needs a value")?.clone(),
-            "--res" | "--iters" | "--tokens" | "--torch-dtypes" | "--label" => {
+            "--res" | "--iters" | "--tokens" | "--dtypes" | "--label" => {
                 let value = it.next().ok_or_else(|| format!("`{flag}` needs a value"))?;
                 pass.extend([flag.clone(), value.clone()]);
             }
@@ -137,9 +143,14 @@ fn bench_report(args: &[String]) -> Result<(), String> {
         }
     }
     let mut build = Command::new(env!("CARGO"));
-    build
-        .current_dir(root())
-        .args(["build", "--release", "-p", "benches", "--bin", "fastvlm-bench"]);
+    build.current_dir(root()).args([
+        "build",
+        "--release",
+        "-p",
+        "benches",
+        "--bin",
+        "fastvlm-bench",
+    ]);
     match backend.as_str() {
         "cpu" => {}
         "cuda" | "wgpu" => {
@@ -160,11 +171,158 @@ fn bench_report(args: &[String]) -> Result<(), String> {
         .arg("xtask/python/bench_report.py")
         .arg("--ours")
         .arg(&binary)
-        .args(["--device", device])
+        .args(["--device", device, "--ours-backend", &backend])
         .args(&pass)
         .arg("--command")
         .arg(format!("cargo xtask bench-report {}", args.join(" ")));
     run(&mut report)
+}
+
+fn device_check(args: &[String]) -> Result<(), String> {
+    let mut out = root().join("gpu-check");
+    let mut vulkan = true;
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        match flag.as_str() {
+            "--out" => out = PathBuf::from(it.next().ok_or("`--out` needs a value")?),
+            "--no-vulkan" => vulkan = false,
+            _ => return Err(format!("unknown flag `{flag}` for device-check")),
+        }
+    }
+    let copy = |from: &Path, to: &Path| {
+        std::fs::copy(from, to)
+            .map(|_| ())
+            .map_err(|e| format!("copy {} -> {}: {e}", from.display(), to.display()))
+    };
+    for dir in ["", "python", "vocab", "cpu"] {
+        std::fs::create_dir_all(out.join(dir)).map_err(|e| e.to_string())?;
+    }
+    let python = python()?;
+
+    // 1. The GPU binaries, in their own target dir so the CPU release build stays as it is.
+    let gpu_target = root().join("target/gpu");
+    let features = if vulkan {
+        "vlm-cli/cuda,vlm-cli/vulkan,benches/cuda,benches/vulkan"
+    } else {
+        "vlm-cli/cuda,benches/cuda"
+    };
+    run(Command::new(env!("CARGO"))
+        .current_dir(root())
+        .env("CARGO_TARGET_DIR", &gpu_target)
+        .args(["build", "--release", "-p", "vlm-cli", "-p", "benches"])
+        .args([
+            "--bin",
+            "vlm-cli",
+            "--bin",
+            "fastvlm-bench",
+            "--features",
+            features,
+        ]))?;
+    for bin in ["vlm-cli", "fastvlm-bench"] {
+        let built = gpu_target.join("release").join(bin);
+        run(Command::new("strip").arg(&built))?;
+        run(Command::new(&python).args([
+            "-c",
+            "import lzma, shutil, sys; shutil.copyfileobj(open(sys.argv[1], 'rb'), lzma.open(sys.argv[2], 'wb', preset=6))",
+        ])
+        .arg(&built)
+        .arg(out.join(format!("{bin}.xz"))))?;
+    }
+
+    // 2. The references and the runner.
+    for entry in std::fs::read_dir(root().join("xtask/python")).map_err(|e| e.to_string())? {
+        let path = entry.map_err(|e| e.to_string())?.path();
+        if path.extension().is_some_and(|e| e == "py") {
+            copy(&path, &out.join("python").join(path.file_name().unwrap()))?;
+        }
+    }
+    copy(&root().join("xtask/gpu/run.sh"), &out.join("run.sh"))?;
+    copy(
+        &root().join("fixtures/e2e/images/wide.png"),
+        &out.join("image.png"),
+    )?;
+    if vulkan {
+        // NVIDIA's machine has the Vulkan ICD but not the loader.
+        let _ = Command::new("apt-get")
+            .args(["download", "libvulkan1"])
+            .current_dir(&out)
+            .status();
+    }
+
+    // 3. The 0.5B-shaped checkpoint here, its tokenizer files for there, and CPU f32 outputs.
+    let ckpt = std::env::temp_dir().join("fastvlm-0.5b-check");
+    if !ckpt.join("model.safetensors").is_file() {
+        run(Command::new(&python)
+            .arg(root().join("xtask/python/fastvlm_reference.py"))
+            .args(["make-checkpoint", "--variant", "0.5b", "--out"])
+            .arg(&ckpt))?;
+    }
+    for f in ["vocab.json", "merges.txt"] {
+        copy(&ckpt.join(f), &out.join("vocab").join(f))?;
+    }
+    run(Command::new(env!("CARGO")).current_dir(root()).args([
+        "build",
+        "--release",
+        "-p",
+        "vlm-cli",
+    ]))?;
+    let cpu_target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"));
+    let cli = cpu_target.join("release/vlm-cli");
+    let image = out.join("image.png");
+    run(Command::new(&cli)
+        .args(["encode", "--model-path"])
+        .arg(&ckpt)
+        .arg("--image-file")
+        .arg(&image)
+        .arg("--output")
+        .arg(out.join("cpu/features.safetensors")))?;
+    let predict = Command::new(&cli)
+        .args(["predict", "--model-path"])
+        .arg(&ckpt)
+        .arg("--image-file")
+        .arg(&image)
+        .args(["--temperature", "0", "--max-new-tokens", "32", "--json"])
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !predict.status.success() {
+        return Err(format!(
+            "CPU predict failed: {}",
+            String::from_utf8_lossy(&predict.stderr)
+        ));
+    }
+    std::fs::write(out.join("cpu/predict.json"), &predict.stdout).map_err(|e| e.to_string())?;
+
+    let size: u64 = walk(&out)
+        .iter()
+        .map(|p| p.metadata().map_or(0, |m| m.len()))
+        .sum();
+    eprintln!(
+        "xtask: bundle {} ({:.1} MiB). On the GPU machine, carrying it: bash {}/run.sh $OUT",
+        out.display(),
+        size as f64 / (1 << 20) as f64,
+        out.file_name().unwrap().to_string_lossy()
+    );
+    if size > 60 << 20 {
+        return Err("the bundle exceeds the 60 MiB the device tool carries".into());
+    }
+    Ok(())
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            if path.file_name().is_some_and(|n| n != "bin" && n != "out") {
+                files.extend(walk(&path));
+            }
+        } else {
+            files.push(path);
+        }
+    }
+    files
 }
 
 fn make_checkpoint(args: &[String]) -> Result<(), String> {
