@@ -9,7 +9,7 @@ use crate::mlp::Qwen2Mlp;
 use crate::rms_norm::RmsNorm;
 use crate::rotary::RotaryEmbedding;
 use crate::vocab::{LmHead, MAX_BLOCK_BYTES, TokenEmbedding, rows_per_block};
-use crate::weights::{LoadError, WeightLoader};
+use crate::weights::{LoadError, WeightLoader, transpose};
 
 /// A request the model cannot serve.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -116,13 +116,7 @@ impl<B: Backend> Qwen2<B> {
                     .chunks(rows * h)
                     .map(|c| {
                         let cols = c.len() / h;
-                        let mut t = vec![0f32; c.len()];
-                        for (r, row) in c.chunks(h).enumerate() {
-                            for (k, v) in row.iter().enumerate() {
-                                t[k * cols + r] = *v;
-                            }
-                        }
-                        Tensor::from_data(TensorData::new(t, [h, cols]), device)
+                        Tensor::from_data(TensorData::new(transpose(c, cols, h), [h, cols]), device)
                     })
                     .collect(),
             ))

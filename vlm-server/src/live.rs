@@ -123,17 +123,9 @@ async fn session(mut socket: WebSocket, app: AppState) {
                                 }
                             }
                         } else {
-                            match start(&app, &config, frame).await {
-                                Ok(f) => in_flight = Some(f),
-                                Err(reply) => {
-                                    if reply["type"] == "dropped" {
-                                        dropped += 1;
-                                    }
-                                    let reply = with_total(reply, dropped);
-                                    if send(&mut socket, reply).await.is_err() {
-                                        break;
-                                    }
-                                }
+                            match launch(&mut socket, &app, &config, frame, &mut dropped).await {
+                                Ok(f) => in_flight = f,
+                                Err(()) => break,
                             }
                         }
                     }
@@ -174,17 +166,9 @@ async fn session(mut socket: WebSocket, app: AppState) {
                 if finished {
                     in_flight = None;
                     if let Some(frame) = waiting.take() {
-                        match start(&app, &config, frame).await {
-                            Ok(f) => in_flight = Some(f),
-                            Err(reply) => {
-                                if reply["type"] == "dropped" {
-                                    dropped += 1;
-                                }
-                                let reply = with_total(reply, dropped);
-                                if send(&mut socket, reply).await.is_err() {
-                                    break;
-                                }
-                            }
+                        match launch(&mut socket, &app, &config, frame, &mut dropped).await {
+                            Ok(f) => in_flight = f,
+                            Err(()) => break,
                         }
                     }
                 }
@@ -192,6 +176,28 @@ async fn session(mut socket: WebSocket, app: AppState) {
         }
     }
     // Dropping `in_flight` closes its channel: the worker stops at its next token.
+}
+
+/// Starts `frame`, or tells the page why not (counting a refused frame as dropped); `Err` when
+/// the socket is gone.
+async fn launch(
+    socket: &mut WebSocket,
+    app: &AppState,
+    config: &Config,
+    frame: (u64, Instant, Vec<u8>),
+    dropped: &mut u64,
+) -> Result<Option<InFlight>, ()> {
+    match start(app, config, frame).await {
+        Ok(f) => Ok(Some(f)),
+        Err(mut reply) => {
+            if reply["type"] == "dropped" {
+                *dropped += 1;
+                reply["total"] = json!(*dropped);
+            }
+            send(socket, reply).await.map_err(|_| ())?;
+            Ok(None)
+        }
+    }
 }
 
 /// Queues `frame`; on failure, the message for the page.
@@ -275,13 +281,6 @@ fn error_reply(frame: Option<u64>, e: &JobError) -> Value {
         JobError::BadRequest(m) | JobError::Internal(m) => m.clone(),
     };
     json!({"type": "error", "frame": frame, "message": message})
-}
-
-fn with_total(mut reply: Value, dropped: u64) -> Value {
-    if reply["type"] == "dropped" {
-        reply["total"] = json!(dropped);
-    }
-    reply
 }
 
 async fn send(socket: &mut WebSocket, value: Value) -> Result<(), axum::Error> {
