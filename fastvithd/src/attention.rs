@@ -57,9 +57,11 @@ impl<B: Backend> Attention<B> {
         });
         let out = attention(q, k, v, None, None, AttentionModuleOptions::default());
         let out = out.swap_dims(1, 2).reshape([batch, n, dim]);
+        // Reshape while contiguous, then permute: burn 0.21's CubeCL reshape of a transposed
+        // `[batch, dim, 1]` view to `[batch, dim, 1, 1]` (one token, batch > 1) mis-strides it.
         self.proj
             .forward(out)
-            .swap_dims(1, 2)
-            .reshape([batch, dim, h, w])
+            .reshape([batch, h, w, dim])
+            .permute([0, 3, 1, 2])
     }
 }

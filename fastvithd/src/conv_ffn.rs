@@ -3,6 +3,7 @@ use burn::nn::conv::Conv2d;
 use burn::tensor::activation::gelu;
 use burn::tensor::{Tensor, backend::Backend};
 
+use crate::pointwise::Pointwise;
 use crate::weights::{ConvSpec, LoadError, WeightLoader};
 
 /// ConvFFN: depthwise 7×7 conv + BatchNorm, 1×1 `fc1` (×mlp_ratio), GELU, 1×1 `fc2`.
@@ -13,10 +14,10 @@ use crate::weights::{ConvSpec, LoadError, WeightLoader};
 pub struct ConvFfn<B: Backend> {
     /// Depthwise 7×7 with the BatchNorm folded in, `[dim, 1, 7, 7]`.
     pub conv: Conv2d<B>,
-    /// `[hidden, dim, 1, 1]`.
-    pub fc1: Conv2d<B>,
-    /// `[dim, hidden, 1, 1]`, scaled per output channel by the block's layer scale.
-    pub fc2: Conv2d<B>,
+    /// `[hidden, dim]` (released as `[hidden, dim, 1, 1]`).
+    pub fc1: Pointwise<B>,
+    /// `[dim, hidden]`, scaled per output channel by the block's layer scale.
+    pub fc2: Pointwise<B>,
 }
 
 /// Folds an eval-mode BatchNorm into the bias-free conv before it:
@@ -64,19 +65,18 @@ impl<B: Backend> ConvFfn<B> {
             loader.upload(bias, [dim]),
         );
 
-        let fc1 = loader.conv(&format!("{name}.fc1"), ConvSpec::new([dim, hidden], 1))?;
-        let fc2_spec = ConvSpec::new([hidden, dim], 1);
-        let mut w2 = loader.host(&format!("{name}.fc2.weight"), &fc2_spec.weight_shape())?;
+        let w1 = loader.host(&format!("{name}.fc1.weight"), &[hidden, dim, 1, 1])?;
+        let fc1 = Pointwise::new(
+            loader.upload(w1, [hidden, dim]),
+            loader.tensor(&format!("{name}.fc1.bias"), [hidden])?,
+        );
+        let mut w2 = loader.host(&format!("{name}.fc2.weight"), &[dim, hidden, 1, 1])?;
         let mut b2 = loader.host(&format!("{name}.fc2.bias"), &[dim])?;
         if let Some(scale) = layer_scale {
             scale_rows(&mut w2, scale);
             scale_rows(&mut b2, scale);
         }
-        let fc2 = loader.conv_from(
-            fc2_spec,
-            loader.upload(w2, fc2_spec.weight_shape()),
-            loader.upload(b2, [dim]),
-        );
+        let fc2 = Pointwise::new(loader.upload(w2, [dim, hidden]), loader.upload(b2, [dim]));
         Ok(Self { conv, fc1, fc2 })
     }
 

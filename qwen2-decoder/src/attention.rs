@@ -40,7 +40,8 @@ impl<B: Backend> Qwen2Attention<B> {
         let k = RotaryEmbedding::apply(k, &rope.0, &rope.1);
 
         let (k, v) = cache.append(start, k, v);
-        let (k, v) = (self.repeat_kv(k), self.repeat_kv(v));
+        let len = start + n;
+        let (k, v) = (self.repeat_kv(k, len), self.repeat_kv(v, len));
         // burn aligns the causal mask bottom-right: the n queries are the last n of the keys.
         let options = AttentionModuleOptions {
             is_causal: n > 1,
@@ -51,15 +52,21 @@ impl<B: Backend> Qwen2Attention<B> {
             .forward(out.swap_dims(1, 2).reshape([batch, n, hidden]))
     }
 
-    /// `[batch, kv_heads, len, d]` → `[batch, heads, len, d]`; query head `h` reads kv head `h / group`.
-    fn repeat_kv(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    /// The first `len` positions of a cache buffer `[batch, kv_heads, capacity, d]` as
+    /// `[batch, heads, len, d]`; query head `h` reads kv head `h / group`.
+    ///
+    /// The new axis goes in while the buffer is contiguous and the positions are cut after:
+    /// burn 0.21's CubeCL reshape mis-strides a narrowed view with a unit axis (one cached
+    /// position) when a dimension is added to it.
+    fn repeat_kv(&self, x: Tensor<B, 4>, len: usize) -> Tensor<B, 4> {
         let group = self.num_heads / self.num_kv_heads;
         if group == 1 {
-            return x;
+            return x.narrow(2, 0, len);
         }
-        let [b, kvh, len, d] = x.dims();
+        let [b, kvh, capacity, d] = x.dims();
         x.unsqueeze_dim::<5>(2)
-            .expand([b, kvh, group, len, d])
+            .expand([b, kvh, group, capacity, d])
+            .narrow(3, 0, len)
             .reshape([b, kvh * group, len, d])
     }
 }

@@ -72,7 +72,8 @@ impl<B: Backend> KvCache<B> {
 }
 
 impl<B: Backend> LayerCache<B> {
-    /// Writes `[batch, kv_heads, n, head_dim]` at `start` and returns everything cached so far.
+    /// Writes `[batch, kv_heads, n, head_dim]` at `start` and returns the whole buffers
+    /// `[batch, kv_heads, capacity, head_dim]`, of which `0..start + n` are filled.
     pub fn append(
         &mut self,
         start: usize,
@@ -87,9 +88,6 @@ impl<B: Backend> LayerCache<B> {
         let cached_values = std::mem::replace(&mut self.values, empty());
         self.keys = cached_keys.slice_assign(range.clone(), keys);
         self.values = cached_values.slice_assign(range, values);
-        (
-            self.keys.clone().narrow(2, 0, start + n),
-            self.values.clone().narrow(2, 0, start + n),
-        )
+        (self.keys.clone(), self.values.clone())
     }
 }
