@@ -21,3 +21,4 @@ pub fn rel_l2<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> f
     let den: f64 = b.iter().map(|y| y * y).sum();
     (num / den).sqrt()
 }
+pub mod wgpu;

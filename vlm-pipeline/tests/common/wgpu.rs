@@ -1,0 +1,243 @@
+//! The parity checks on wgpu, generic over the float type (`wgpu_parity.rs` runs f32,
+//! `wgpu_f16_parity.rs` f16, each in its own process: burn keeps one default float type per
+//! device, so two precisions in one process would share whichever was set first).
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+
+use burn::backend::Wgpu;
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Int, Tensor, TensorData};
+use fastvithd::{FastVitHd, FastVitHdConfig, WeightNaming};
+use qwen2_decoder::{Qwen2, Qwen2Config};
+use vlm_pipeline::{FastVlm, GenerationOptions, Message, Request, Role, Weights, image, synthetic};
+
+use super::{fixtures, rel_l2};
+
+/// Whether a wgpu adapter exists (wgpu panics when it finds none).
+pub fn adapter(dtype: DType) -> bool {
+    let found = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        Wgpu::<f32>::supports_dtype(&Default::default(), dtype)
+    }));
+    match found {
+        Ok(supported) => supported,
+        Err(_) => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "no Vulkan adapter: CI must install mesa-vulkan-drivers (lavapipe)"
+            );
+            eprintln!("skipped: no wgpu adapter (apt-get install mesa-vulkan-drivers)");
+            false
+        }
+    }
+}
+
+pub fn host<B: Backend, const D: usize>(w: &Weights, name: &str) -> Tensor<B, D> {
+    Tensor::from_data(w.get(name).unwrap(), &Default::default())
+}
+
+/// The shrunk FastViTHD of `fastvithd_parity` (Apple names, bf16 file) at 2×192² and 160×224.
+pub fn fastvithd<B: Backend>(tol: f64, what: &str) {
+    let config = FastVitHdConfig::new()
+        .with_layers([2, 2, 3, 2, 2])
+        .with_embed_dims([8, 16, 32, 64, 128]);
+    let weights = Weights::open(&fixtures().join("fastvithd/tiny_apple.safetensors")).unwrap();
+    let model = FastVitHd::<B>::load(
+        &config,
+        &WeightNaming::default(),
+        &mut |n| weights.get(n),
+        &Default::default(),
+    )
+    .unwrap();
+    let io = Weights::open(&fixtures().join("fastvithd/tiny_io.safetensors")).unwrap();
+    for (tag, shape) in [("square", [2, 3, 192, 192]), ("wide", [1, 3, 160, 224])] {
+        let values = synthetic::image(2024, &format!("image_{tag}"), shape.iter().product());
+        let x = Tensor::<B, 4>::from_data(TensorData::new(values, shape), &Default::default());
+        let err = rel_l2(
+            model.forward(x),
+            host::<B, 4>(&io, &format!("features_{tag}")),
+        );
+        println!("{what} FastViTHD {tag}: rel-L2 {err:.3e}");
+        assert!(err <= tol, "{what} FastViTHD {tag}: {err:.3e} > {tol:e}");
+    }
+}
+
+/// The three Qwen2 configurations of `qwen2_parity`: prefill logits from ids.
+pub fn qwen2<B: Backend>(tol: f64, what: &str) {
+    for name in ["gqa1_hd64_tied", "gqa2_hd128_untied", "gqa7_hd64_tied"] {
+        let golden = Weights::open(&fixtures().join(format!("qwen2/{name}.safetensors"))).unwrap();
+        let config: Qwen2Config = serde_json::from_str(&golden.metadata()["config"]).unwrap();
+        let weights: HashMap<String, TensorData> = config
+            .checkpoint_tensors()
+            .into_iter()
+            .map(|(n, s)| {
+                (
+                    n.clone(),
+                    TensorData::new(synthetic::tensor(2025, &n, &s), s),
+                )
+            })
+            .collect();
+        let device = Default::default();
+        // Small blocks, so the vocabulary splitting that real models need on wgpu runs here.
+        let model = Qwen2::<B>::load_blocked(
+            &config,
+            "",
+            &mut |n| weights.get(n).cloned(),
+            &device,
+            64 * config.hidden_size * 4,
+        )
+        .unwrap();
+        let prompt = golden.get("ids").unwrap().into_vec::<i64>().unwrap();
+        let ids = Tensor::<B, 2, Int>::from_data(
+            TensorData::new(prompt.clone(), [1, prompt.len()]),
+            &device,
+        );
+        let mut cache = model.new_cache(1, prompt.len(), &device).unwrap();
+        let got = model.forward(ids, &mut cache).unwrap();
+        let err = rel_l2(got.clone(), host::<B, 3>(&golden, "logits_ids"));
+        println!("{what} Qwen2 {name}: rel-L2 {err:.3e}");
+        assert!(err <= tol, "{what} Qwen2 {name}: {err:.3e} > {tol:e}");
+
+        // Batch 2 (the prompt and its reverse) equals each sequence alone: the fused attention
+        // kernel must find every (batch, head) slice.
+        let (p0, p1) = (prefill_alone::<B>(&model, &prompt), prefill_alone::<B>(&model, &reversed(&prompt)));
+        let err = rel_l2(prefill_batch2::<B>(&model, &prompt).0, Tensor::cat(vec![p0, p1], 0));
+        println!("{what} Qwen2 {name} batch 2 prefill: rel-L2 {err:.3e} against batch 1");
+        assert!(err <= tol, "{what} Qwen2 {name} batch 2 prefill: {err:.3e} > {tol:e}");
+    }
+}
+
+
+pub fn reversed(ids: &[i64]) -> Vec<i64> {
+    ids.iter().rev().copied().collect()
+}
+
+pub fn ids<B: Backend>(values: Vec<i64>, batch: usize) -> Tensor<B, 2, Int> {
+    let n = values.len() / batch;
+    Tensor::from_data(TensorData::new(values, [batch, n]), &Default::default())
+}
+
+/// Logits of `prompt` alone, `[1, n, vocab]`.
+pub fn prefill_alone<B: Backend>(model: &Qwen2<B>, prompt: &[i64]) -> Tensor<B, 3> {
+    let mut cache = model.new_cache(1, prompt.len() + 1, &Default::default()).unwrap();
+    model.forward(ids(prompt.to_vec(), 1), &mut cache).unwrap()
+}
+
+/// `prompt` and its reverse as one batch: the prefill logits and the cache after it.
+pub fn prefill_batch2<B: Backend>(model: &Qwen2<B>, prompt: &[i64]) -> (Tensor<B, 3>, qwen2_decoder::KvCache<B>) {
+    let mut cache = model.new_cache(2, prompt.len() + 1, &Default::default()).unwrap();
+    let both: Vec<i64> = prompt.iter().copied().chain(reversed(prompt)).collect();
+    (model.forward(ids(both, 2), &mut cache).unwrap(), cache)
+}
+
+/// Shapes where burn 0.21's CubeCL reshape went wrong (a view with a unit axis gaining a
+/// dimension), checked against flex: FastViTHD at 2×64² (stage 4 sees one token per image) and a
+/// one-token Qwen2 prefill with grouped keys (one cached position), then a step.
+pub fn edges<B: Backend>(tol: f64, what: &str) {
+    let config = FastVitHdConfig::new()
+        .with_layers([2, 2, 3, 2, 2])
+        .with_embed_dims([8, 16, 32, 64, 128]);
+    let weights = Weights::open(&fixtures().join("fastvithd/tiny_apple.safetensors")).unwrap();
+    let load = |device: &_| {
+        FastVitHd::<super::Cpu>::load(&config, &WeightNaming::default(), &mut |n| weights.get(n), device)
+            .unwrap()
+    };
+    let flex = load(&Default::default());
+    let model = FastVitHd::<B>::load(&config, &WeightNaming::default(), &mut |n| weights.get(n), &Default::default())
+        .unwrap();
+    let shape = [2, 3, 64, 64];
+    let pixels = TensorData::new(synthetic::image(7, "edge", shape.iter().product()), shape);
+    let want = flex.forward(Tensor::from_data(pixels.clone(), &Default::default()));
+    let got = model.forward(Tensor::<B, 4>::from_data(pixels, &Default::default()));
+    let err = rel_l2(on_cpu(got), want);
+    println!("{what} FastViTHD 2×64² against flex: rel-L2 {err:.3e}");
+    assert!(err <= tol, "{what} FastViTHD 2×64²: {err:.3e} > {tol:e}");
+
+    let golden = Weights::open(&fixtures().join("qwen2/gqa7_hd64_tied.safetensors")).unwrap();
+    let config: Qwen2Config = serde_json::from_str(&golden.metadata()["config"]).unwrap();
+    let weights: HashMap<String, TensorData> = config
+        .checkpoint_tensors()
+        .into_iter()
+        .map(|(n, s)| (n.clone(), TensorData::new(synthetic::tensor(2025, &n, &s), s)))
+        .collect();
+    let prompt = golden.get("ids").unwrap().into_vec::<i64>().unwrap();
+    fn run<C: Backend>(config: &Qwen2Config, weights: &HashMap<String, TensorData>, prompt: &[i64]) -> Vec<Tensor<C, 3>> {
+        let device = Default::default();
+        let model = Qwen2::<C>::load(config, "", &mut |n| weights.get(n).cloned(), &device).unwrap();
+        let mut cache = model.new_cache(1, 2, &device).unwrap();
+        let prefill = model.forward(ids(vec![prompt[1]], 1), &mut cache).unwrap();
+        let step = model.forward(ids(vec![prompt[0]], 1), &mut cache).unwrap();
+        vec![prefill, step]
+    }
+    for ((tag, got), want) in ["prefill", "step"]
+        .iter()
+        .zip(run::<B>(&config, &weights, &prompt))
+        .zip(run::<super::Cpu>(&config, &weights, &prompt))
+    {
+        let err = rel_l2(on_cpu(got), want);
+        println!("{what} Qwen2 one-token {tag} against flex: rel-L2 {err:.3e}");
+        assert!(err <= tol, "{what} Qwen2 one-token {tag}: {err:.3e} > {tol:e}");
+    }
+}
+
+pub fn on_cpu<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<super::Cpu, D> {
+    Tensor::from_data(t.into_data().convert::<f32>(), &Default::default())
+}
+
+/// The tiny release-layout FastVLM: features, projection and (f32) the greedy ids.
+pub fn e2e<B: Backend>(tol: f64, what: &str, ids_equal: bool) {
+    let e2e = fixtures().join("e2e");
+    let model = FastVlm::<B>::load(&e2e.join("tiny-fastvlm"), &Default::default()).unwrap();
+    let reference = Weights::open(&e2e.join("reference.safetensors")).unwrap();
+    let img = image::load(&e2e.join("images/wide.png")).unwrap();
+    let encoded = model.encode_pixels(model.pixels(&img));
+    for (name, got) in [
+        ("image_features", encoded.features),
+        ("projected", encoded.projected),
+    ] {
+        let err = rel_l2(got.squeeze_dim::<2>(0), host::<B, 2>(&reference, name));
+        println!("{what} e2e {name}: rel-L2 {err:.3e}");
+        assert!(err <= tol, "{what} e2e {name}: {err:.3e} > {tol:e}");
+    }
+    let request = Request {
+        image: Some(img),
+        system: None,
+        messages: vec![Message {
+            role: Role::User,
+            content: "Describe the image.".into(),
+        }],
+        options: GenerationOptions {
+            temperature: 0.0,
+            max_new_tokens: 24,
+            ..Default::default()
+        },
+    };
+    let out = model
+        .generate(&request, &mut |_| std::ops::ControlFlow::Continue(()))
+        .unwrap();
+    let expected: Vec<u32> = reference
+        .get("generated_ids")
+        .unwrap()
+        .into_vec::<i64>()
+        .unwrap()
+        .into_iter()
+        .map(|i| i as u32)
+        .collect();
+    let agree = out
+        .token_ids
+        .iter()
+        .zip(&expected)
+        .take_while(|(a, b)| a == b)
+        .count();
+    println!(
+        "{what} e2e: first {agree} of {} greedy ids agree",
+        expected.len()
+    );
+    if ids_equal {
+        assert_eq!(out.token_ids, expected);
+    } else {
+        assert!(!out.token_ids.is_empty());
+    }
+}
+

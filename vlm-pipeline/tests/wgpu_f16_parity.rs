@@ -1,0 +1,31 @@
+//! The parity checks on wgpu at f16 (rel-L2 ≤ 2e-2; greedy ids may part), in a process of
+//! their own so the device's default float type is f16 (see `common/wgpu.rs`).
+
+mod common;
+
+use burn::backend::Wgpu;
+use burn::tensor::{DType, Tensor, f16};
+use common::wgpu::*;
+
+#[test]
+fn wgpu_f16_within_two_percent() {
+    if !adapter(DType::F32) {
+        return;
+    }
+    if !adapter(DType::F16) {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "the wgpu adapter has no shader-f16"
+        );
+        eprintln!("skipped: the wgpu adapter has no shader-f16");
+        return;
+    }
+    // The models really run in f16 (not f32 uploaded through an f16-typed backend).
+    let probe = Tensor::<Wgpu<f16>, 1>::zeros([1], &Default::default());
+    assert_eq!(probe.dtype(), DType::F16, "tensors are not created as f16");
+    fastvithd::<Wgpu<f16>>(2e-2, "wgpu f16");
+    qwen2::<Wgpu<f16>>(2e-2, "wgpu f16");
+    edges::<Wgpu<f16>>(2e-2, "wgpu f16");
+    e2e::<Wgpu<f16>>(2e-2, "wgpu f16", false);
+}
+
