@@ -28,4 +28,3 @@ fn wgpu_f16_within_two_percent() {
     edges::<Wgpu<f16>>(2e-2, "wgpu f16");
     e2e::<Wgpu<f16>>(2e-2, "wgpu f16", false);
 }
-

@@ -44,18 +44,33 @@ fn wgpu_f32_batch2_decoding_step() {
     let weights: HashMap<String, TensorData> = config
         .checkpoint_tensors()
         .into_iter()
-        .map(|(n, s)| (n.clone(), TensorData::new(synthetic::tensor(2025, &n, &s), s)))
+        .map(|(n, s)| {
+            (
+                n.clone(),
+                TensorData::new(synthetic::tensor(2025, &n, &s), s),
+            )
+        })
         .collect();
-    let model = Qwen2::<B>::load(&config, "", &mut |n| weights.get(n).cloned(), &Default::default()).unwrap();
+    let model = Qwen2::<B>::load(
+        &config,
+        "",
+        &mut |n| weights.get(n).cloned(),
+        &Default::default(),
+    )
+    .unwrap();
     let prompt = golden.get("ids").unwrap().into_vec::<i64>().unwrap();
     let step_alone = |p: &[i64]| {
-        let mut cache = model.new_cache(1, p.len() + 1, &Default::default()).unwrap();
+        let mut cache = model
+            .new_cache(1, p.len() + 1, &Default::default())
+            .unwrap();
         model.forward(ids(p.to_vec(), 1), &mut cache).unwrap();
         model.forward(ids(vec![p[0]], 1), &mut cache).unwrap()
     };
     let want = Tensor::cat(vec![step_alone(&prompt), step_alone(&reversed(&prompt))], 0);
     let (_, mut cache) = prefill_batch2::<B>(&model, &prompt);
-    let got = model.forward(ids(vec![prompt[0], reversed(&prompt)[0]], 2), &mut cache).unwrap();
+    let got = model
+        .forward(ids(vec![prompt[0], reversed(&prompt)[0]], 2), &mut cache)
+        .unwrap();
     let err = rel_l2(got, want);
     assert!(err <= 1e-4, "batch 2 step: rel-L2 {err:.3e}");
 }

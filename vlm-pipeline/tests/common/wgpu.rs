@@ -101,13 +101,21 @@ pub fn qwen2<B: Backend>(tol: f64, what: &str) {
 
         // Batch 2 (the prompt and its reverse) equals each sequence alone: the fused attention
         // kernel must find every (batch, head) slice.
-        let (p0, p1) = (prefill_alone::<B>(&model, &prompt), prefill_alone::<B>(&model, &reversed(&prompt)));
-        let err = rel_l2(prefill_batch2::<B>(&model, &prompt).0, Tensor::cat(vec![p0, p1], 0));
+        let (p0, p1) = (
+            prefill_alone::<B>(&model, &prompt),
+            prefill_alone::<B>(&model, &reversed(&prompt)),
+        );
+        let err = rel_l2(
+            prefill_batch2::<B>(&model, &prompt).0,
+            Tensor::cat(vec![p0, p1], 0),
+        );
         println!("{what} Qwen2 {name} batch 2 prefill: rel-L2 {err:.3e} against batch 1");
-        assert!(err <= tol, "{what} Qwen2 {name} batch 2 prefill: {err:.3e} > {tol:e}");
+        assert!(
+            err <= tol,
+            "{what} Qwen2 {name} batch 2 prefill: {err:.3e} > {tol:e}"
+        );
     }
 }
-
 
 pub fn reversed(ids: &[i64]) -> Vec<i64> {
     ids.iter().rev().copied().collect()
@@ -120,13 +128,20 @@ pub fn ids<B: Backend>(values: Vec<i64>, batch: usize) -> Tensor<B, 2, Int> {
 
 /// Logits of `prompt` alone, `[1, n, vocab]`.
 pub fn prefill_alone<B: Backend>(model: &Qwen2<B>, prompt: &[i64]) -> Tensor<B, 3> {
-    let mut cache = model.new_cache(1, prompt.len() + 1, &Default::default()).unwrap();
+    let mut cache = model
+        .new_cache(1, prompt.len() + 1, &Default::default())
+        .unwrap();
     model.forward(ids(prompt.to_vec(), 1), &mut cache).unwrap()
 }
 
 /// `prompt` and its reverse as one batch: the prefill logits and the cache after it.
-pub fn prefill_batch2<B: Backend>(model: &Qwen2<B>, prompt: &[i64]) -> (Tensor<B, 3>, qwen2_decoder::KvCache<B>) {
-    let mut cache = model.new_cache(2, prompt.len() + 1, &Default::default()).unwrap();
+pub fn prefill_batch2<B: Backend>(
+    model: &Qwen2<B>,
+    prompt: &[i64],
+) -> (Tensor<B, 3>, qwen2_decoder::KvCache<B>) {
+    let mut cache = model
+        .new_cache(2, prompt.len() + 1, &Default::default())
+        .unwrap();
     let both: Vec<i64> = prompt.iter().copied().chain(reversed(prompt)).collect();
     (model.forward(ids(both, 2), &mut cache).unwrap(), cache)
 }
@@ -140,12 +155,22 @@ pub fn edges<B: Backend>(tol: f64, what: &str) {
         .with_embed_dims([8, 16, 32, 64, 128]);
     let weights = Weights::open(&fixtures().join("fastvithd/tiny_apple.safetensors")).unwrap();
     let load = |device: &_| {
-        FastVitHd::<super::Cpu>::load(&config, &WeightNaming::default(), &mut |n| weights.get(n), device)
-            .unwrap()
+        FastVitHd::<super::Cpu>::load(
+            &config,
+            &WeightNaming::default(),
+            &mut |n| weights.get(n),
+            device,
+        )
+        .unwrap()
     };
     let flex = load(&Default::default());
-    let model = FastVitHd::<B>::load(&config, &WeightNaming::default(), &mut |n| weights.get(n), &Default::default())
-        .unwrap();
+    let model = FastVitHd::<B>::load(
+        &config,
+        &WeightNaming::default(),
+        &mut |n| weights.get(n),
+        &Default::default(),
+    )
+    .unwrap();
     let shape = [2, 3, 64, 64];
     let pixels = TensorData::new(synthetic::image(7, "edge", shape.iter().product()), shape);
     let want = flex.forward(Tensor::from_data(pixels.clone(), &Default::default()));
@@ -159,12 +184,22 @@ pub fn edges<B: Backend>(tol: f64, what: &str) {
     let weights: HashMap<String, TensorData> = config
         .checkpoint_tensors()
         .into_iter()
-        .map(|(n, s)| (n.clone(), TensorData::new(synthetic::tensor(2025, &n, &s), s)))
+        .map(|(n, s)| {
+            (
+                n.clone(),
+                TensorData::new(synthetic::tensor(2025, &n, &s), s),
+            )
+        })
         .collect();
     let prompt = golden.get("ids").unwrap().into_vec::<i64>().unwrap();
-    fn run<C: Backend>(config: &Qwen2Config, weights: &HashMap<String, TensorData>, prompt: &[i64]) -> Vec<Tensor<C, 3>> {
+    fn run<C: Backend>(
+        config: &Qwen2Config,
+        weights: &HashMap<String, TensorData>,
+        prompt: &[i64],
+    ) -> Vec<Tensor<C, 3>> {
         let device = Default::default();
-        let model = Qwen2::<C>::load(config, "", &mut |n| weights.get(n).cloned(), &device).unwrap();
+        let model =
+            Qwen2::<C>::load(config, "", &mut |n| weights.get(n).cloned(), &device).unwrap();
         let mut cache = model.new_cache(1, 2, &device).unwrap();
         let prefill = model.forward(ids(vec![prompt[1]], 1), &mut cache).unwrap();
         let step = model.forward(ids(vec![prompt[0]], 1), &mut cache).unwrap();
@@ -177,7 +212,10 @@ pub fn edges<B: Backend>(tol: f64, what: &str) {
     {
         let err = rel_l2(on_cpu(got), want);
         println!("{what} Qwen2 one-token {tag} against flex: rel-L2 {err:.3e}");
-        assert!(err <= tol, "{what} Qwen2 one-token {tag}: {err:.3e} > {tol:e}");
+        assert!(
+            err <= tol,
+            "{what} Qwen2 one-token {tag}: {err:.3e} > {tol:e}"
+        );
     }
 }
 
@@ -240,4 +278,3 @@ pub fn e2e<B: Backend>(tol: f64, what: &str, ids_equal: bool) {
         assert!(!out.token_ids.is_empty());
     }
 }
-
