@@ -9,7 +9,8 @@ use crate::weights::{ConvSpec, LoadError, WeightLoader};
 /// ConvFFN: depthwise 7×7 conv + BatchNorm, 1×1 `fc1` (×mlp_ratio), GELU, 1×1 `fc2`.
 ///
 /// The checkpoint's eval-mode BatchNorm is folded into the depthwise conv at load, and the
-/// block's layer scale (when given) into `fc2`, so the forward pass is three convolutions.
+/// block's layer scale (when given) into `fc2`, so the forward pass is a depthwise convolution
+/// and two pixel-wise matrix products.
 #[derive(Module, Debug)]
 pub struct ConvFfn<B: Backend> {
     /// Depthwise 7×7 with the BatchNorm folded in, `[dim, 1, 7, 7]`.

@@ -130,14 +130,7 @@ fn tiny_checkpoint_matches_the_reference_end_to_end() {
             std::ops::ControlFlow::Continue(())
         })
         .unwrap();
-    let expected_ids: Vec<u32> = reference
-        .get("generated_ids")
-        .unwrap()
-        .into_vec::<i64>()
-        .unwrap()
-        .into_iter()
-        .map(|i| i as u32)
-        .collect();
+    let expected_ids = common::token_ids(&reference, "generated_ids");
     assert_eq!(out.token_ids, expected_ids);
     assert_eq!(streamed, expected_ids);
     assert_eq!(out.text, reference.metadata()["text"]);

@@ -4,16 +4,13 @@
 
 mod common;
 
-use std::collections::HashMap;
-
 use burn::tensor::{Int, Tensor, TensorData};
-use common::{Cpu, fixtures, rel_l2};
+use common::{Cpu, QWEN2_CASES, Qwen2Case, qwen2_case, rel_l2};
 use qwen2_decoder::{DecodeError, Qwen2, Qwen2Config};
-use vlm_pipeline::{Weights, synthetic};
+use vlm_pipeline::Weights;
 
 const TOL: f64 = 1e-4;
-const SEED: u64 = 2025;
-const CASES: [&str; 3] = ["gqa1_hd64_tied", "gqa2_hd128_untied", "gqa7_hd64_tied"];
+const CASES: [&str; 3] = QWEN2_CASES;
 
 struct Case {
     config: Qwen2Config,
@@ -22,26 +19,12 @@ struct Case {
 }
 
 fn case(name: &str) -> Case {
-    let golden = Weights::open(&fixtures().join(format!("qwen2/{name}.safetensors"))).unwrap();
-    let config: Qwen2Config = serde_json::from_str(&golden.metadata()["config"]).unwrap();
-    let mut weights: HashMap<String, TensorData> = config
-        .checkpoint_tensors()
-        .into_iter()
-        .map(|(n, s)| {
-            (
-                n.clone(),
-                TensorData::new(synthetic::tensor(SEED, &n, &s), s),
-            )
-        })
-        .collect();
-    if config.tie_word_embeddings {
-        // Apple's tied checkpoints still store a head; a tied model must not use it.
-        let shape = [config.vocab_size, config.hidden_size];
-        weights.insert(
-            "lm_head.weight".into(),
-            TensorData::new(vec![1e3f32; shape[0] * shape[1]], shape),
-        );
-    }
+    let Qwen2Case {
+        golden,
+        config,
+        weights,
+        ..
+    } = qwen2_case(name);
     let model = Qwen2::load(
         &config,
         "",

@@ -7,14 +7,11 @@
 
 mod common;
 
-use std::collections::HashMap;
-
 use burn::backend::Wgpu;
-use burn::tensor::{DType, Tensor, TensorData};
+use burn::tensor::{DType, Tensor};
 use common::wgpu::*;
-use common::{fixtures, rel_l2};
-use qwen2_decoder::{Qwen2, Qwen2Config};
-use vlm_pipeline::{Weights, synthetic};
+use common::{Qwen2Case, qwen2_case, rel_l2};
+use qwen2_decoder::Qwen2;
 
 #[test]
 fn wgpu_f32_matches_the_references() {
@@ -39,18 +36,12 @@ fn wgpu_f32_batch2_decoding_step() {
         return;
     }
     type B = Wgpu<f32>;
-    let golden = Weights::open(&fixtures().join("qwen2/gqa1_hd64_tied.safetensors")).unwrap();
-    let config: Qwen2Config = serde_json::from_str(&golden.metadata()["config"]).unwrap();
-    let weights: HashMap<String, TensorData> = config
-        .checkpoint_tensors()
-        .into_iter()
-        .map(|(n, s)| {
-            (
-                n.clone(),
-                TensorData::new(synthetic::tensor(2025, &n, &s), s),
-            )
-        })
-        .collect();
+    let Qwen2Case {
+        config,
+        weights,
+        prompt,
+        ..
+    } = qwen2_case("gqa1_hd64_tied");
     let model = Qwen2::<B>::load(
         &config,
         "",
@@ -58,7 +49,6 @@ fn wgpu_f32_batch2_decoding_step() {
         &Default::default(),
     )
     .unwrap();
-    let prompt = golden.get("ids").unwrap().into_vec::<i64>().unwrap();
     let step_alone = |p: &[i64]| {
         let mut cache = model
             .new_cache(1, p.len() + 1, &Default::default())

@@ -13,7 +13,7 @@ use fastvithd::{FastVitHd, FastVitHdConfig, WeightNaming};
 use qwen2_decoder::{Qwen2, Qwen2Config};
 use vlm_pipeline::{FastVlm, GenerationOptions, Message, Request, Role, Weights, image, synthetic};
 
-use super::{fixtures, rel_l2};
+use super::{QWEN2_CASES, Qwen2Case, fixtures, qwen2_case, rel_l2};
 
 /// Whether a wgpu adapter exists (wgpu panics when it finds none).
 pub fn adapter(dtype: DType) -> bool {
@@ -65,19 +65,13 @@ pub fn fastvithd<B: Backend>(tol: f64, what: &str) {
 
 /// The three Qwen2 configurations of `qwen2_parity`: prefill logits from ids.
 pub fn qwen2<B: Backend>(tol: f64, what: &str) {
-    for name in ["gqa1_hd64_tied", "gqa2_hd128_untied", "gqa7_hd64_tied"] {
-        let golden = Weights::open(&fixtures().join(format!("qwen2/{name}.safetensors"))).unwrap();
-        let config: Qwen2Config = serde_json::from_str(&golden.metadata()["config"]).unwrap();
-        let weights: HashMap<String, TensorData> = config
-            .checkpoint_tensors()
-            .into_iter()
-            .map(|(n, s)| {
-                (
-                    n.clone(),
-                    TensorData::new(synthetic::tensor(2025, &n, &s), s),
-                )
-            })
-            .collect();
+    for name in QWEN2_CASES {
+        let Qwen2Case {
+            golden,
+            config,
+            weights,
+            prompt,
+        } = qwen2_case(name);
         let device = Default::default();
         // Small blocks, so the vocabulary splitting that real models need on wgpu runs here.
         let model = Qwen2::<B>::load_blocked(
@@ -88,7 +82,6 @@ pub fn qwen2<B: Backend>(tol: f64, what: &str) {
             64 * config.hidden_size * 4,
         )
         .unwrap();
-        let prompt = golden.get("ids").unwrap().into_vec::<i64>().unwrap();
         let ids = Tensor::<B, 2, Int>::from_data(
             TensorData::new(prompt.clone(), [1, prompt.len()]),
             &device,
@@ -179,19 +172,12 @@ pub fn edges<B: Backend>(tol: f64, what: &str) {
     println!("{what} FastViTHD 2×64² against flex: rel-L2 {err:.3e}");
     assert!(err <= tol, "{what} FastViTHD 2×64²: {err:.3e} > {tol:e}");
 
-    let golden = Weights::open(&fixtures().join("qwen2/gqa7_hd64_tied.safetensors")).unwrap();
-    let config: Qwen2Config = serde_json::from_str(&golden.metadata()["config"]).unwrap();
-    let weights: HashMap<String, TensorData> = config
-        .checkpoint_tensors()
-        .into_iter()
-        .map(|(n, s)| {
-            (
-                n.clone(),
-                TensorData::new(synthetic::tensor(2025, &n, &s), s),
-            )
-        })
-        .collect();
-    let prompt = golden.get("ids").unwrap().into_vec::<i64>().unwrap();
+    let Qwen2Case {
+        config,
+        weights,
+        prompt,
+        ..
+    } = qwen2_case("gqa7_hd64_tied");
     fn run<C: Backend>(
         config: &Qwen2Config,
         weights: &HashMap<String, TensorData>,
@@ -254,14 +240,7 @@ pub fn e2e<B: Backend>(tol: f64, what: &str, ids_equal: bool) {
     let out = model
         .generate(&request, &mut |_| std::ops::ControlFlow::Continue(()))
         .unwrap();
-    let expected: Vec<u32> = reference
-        .get("generated_ids")
-        .unwrap()
-        .into_vec::<i64>()
-        .unwrap()
-        .into_iter()
-        .map(|i| i as u32)
-        .collect();
+    let expected = super::token_ids(&reference, "generated_ids");
     let agree = out
         .token_ids
         .iter()
