@@ -145,3 +145,91 @@ pub const PROMPT_PREFIX: [i64; 14] = [
     151644, 8948, 198, 2610, 525, 264, 10950, 17847, 13, 151645, 198, 151644, 872, 198,
 ];
 pub const PROMPT_SUFFIX: [i64; 10] = [198, 74785, 279, 2168, 13, 151645, 198, 151644, 77091, 198];
+
+/// A Qwen2 of `config`'s shape with weights drawn on the device (burn's initialisers, RMS norm
+/// weights of one): for timing shapes too large to generate on the host, such as the 7B. The
+/// vocabulary tables are stored in blocks of at most `max_block_bytes` (at f32), as
+/// [`qwen2_decoder::Qwen2::load_blocked`] does.
+pub fn decoder_random<B: Backend>(
+    config: &qwen2_decoder::Qwen2Config,
+    max_block_bytes: usize,
+    device: &B::Device,
+) -> qwen2_decoder::Qwen2<B> {
+    use burn::module::Param;
+    use burn::nn::LinearConfig;
+    use burn::tensor::Distribution;
+    use qwen2_decoder::vocab::rows_per_block;
+    use qwen2_decoder::{
+        LmHead, Qwen2, Qwen2Attention, Qwen2DecoderLayer, Qwen2Mlp, RmsNorm, RotaryEmbedding,
+        TokenEmbedding,
+    };
+
+    let (h, i) = (config.hidden_size, config.intermediate_size);
+    let head_dim = config.head_dim();
+    let kv = config.num_key_value_heads * head_dim;
+    let vocab = config.vocab_size;
+    let rows = rows_per_block(h, max_block_bytes);
+    let linear = |d_in: usize, d_out: usize, bias: bool| {
+        LinearConfig::new(d_in, d_out)
+            .with_bias(bias)
+            .init::<B>(device)
+    };
+    let norm = || RmsNorm {
+        weight: Param::from_tensor(Tensor::ones([h], device)),
+        eps: config.rms_norm_eps,
+    };
+    let blocks = |shape: &dyn Fn(usize) -> [usize; 2]| -> Vec<Tensor<B, 2>> {
+        (0..vocab)
+            .step_by(rows)
+            .map(|start| {
+                Tensor::random(
+                    shape(rows.min(vocab - start)),
+                    Distribution::Normal(0.0, 0.02),
+                    device,
+                )
+            })
+            .collect()
+    };
+    let layers = (0..config.num_hidden_layers)
+        .map(|_| Qwen2DecoderLayer {
+            input_layernorm: norm(),
+            self_attn: Qwen2Attention {
+                q_proj: linear(h, h, true),
+                k_proj: linear(h, kv, true),
+                v_proj: linear(h, kv, true),
+                o_proj: linear(h, h, false),
+                num_heads: config.num_attention_heads,
+                num_kv_heads: config.num_key_value_heads,
+                head_dim,
+            },
+            post_attention_layernorm: norm(),
+            mlp: Qwen2Mlp {
+                gate_proj: linear(h, i, false),
+                up_proj: linear(h, i, false),
+                down_proj: linear(i, h, false),
+            },
+        })
+        .collect();
+    Qwen2 {
+        embed_tokens: TokenEmbedding::new(blocks(&|r| [r, h])),
+        layers,
+        norm: norm(),
+        lm_head: (!config.tie_word_embeddings).then(|| LmHead::new(blocks(&|c| [h, c]))),
+        rope: RotaryEmbedding {
+            head_dim,
+            theta: config.rope_theta,
+        },
+        max_position_embeddings: config.max_position_embeddings,
+    }
+}
+
+/// Qwen2's released shapes by name (`0.5b`, `1.5b`, `7b`), as FastVLM's language models.
+pub fn qwen2_shape(name: &str) -> Option<qwen2_decoder::Qwen2Config> {
+    use qwen2_decoder::Qwen2Config;
+    Some(match name {
+        "0.5b" => Qwen2Config::new(896, 4864, 24, 14, 2, 151936).with_tie_word_embeddings(true),
+        "1.5b" => Qwen2Config::new(1536, 8960, 28, 12, 2, 151936).with_tie_word_embeddings(true),
+        "7b" => Qwen2Config::new(3584, 18944, 28, 28, 4, 152064),
+        _ => return None,
+    })
+}

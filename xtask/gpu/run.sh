@@ -2,21 +2,48 @@
 # The GPU machine's check, from the bundle `cargo xtask device-check` writes (binaries, Python
 # references, the tokenizer files, the CPU f32 outputs made on the development machine).
 #
-#   bash run.sh [OUT]          OUT defaults to $OUT, else ./out
-#   COMBOS="cuda:f32 cuda:bf16 cuda:f16 wgpu:f32 wgpu:f16"   what to check (default: CUDA's
-#                              three, plus wgpu on NVIDIA's Vulkan ICD when the machine has it)
-#   SKIP_BENCH=1               only the correctness table
+#   bash run.sh [OUT]      OUT defaults to $OUT, else ./out
+#   DEADLINE=480           seconds for the whole script: steps run in priority order, each under
+#                          `timeout`, and a step that no longer fits is skipped (said in run.log)
+#   COMBOS="cuda:bf16 cuda:f32 wgpu:f32"   the correctness combos (wgpu only where NVIDIA's
+#                          Vulkan ICD is there)
+#   SKIP_BENCH=1           only the correctness table
 #
-# It generates the FastVLM-0.5B-shaped checkpoint from the seeded formula (the same bytes as on
-# the development machine), runs `encode` and `predict` per backend and precision (each twice:
-# a fresh process pays kernel compilation and autotuning; the second finds burn's caches on
-# disk), compares with the CPU f32 outputs, then runs the benchmarks beside PyTorch.
+# Priority: where the time goes (ours, bf16), the 0.5B pipeline beside PyTorch, correctness of
+# CUDA bf16 against the CPU f32 outputs, the 7B-shaped decode beside PyTorch, the remaining
+# correctness combos, f32 and torch.compile figures. Everything lands in four files under OUT
+# (the device tool brings back at most eight): run.log, bench.jsonl (one JSON line per figure,
+# ours and PyTorch), device-check.md (the correctness table), details.tar.gz (raw outputs), and
+# anchor.jsonl (transformers' FastVLM end to end, where the bundle has the shared anchor).
 set -uo pipefail
+START=$(date +%s)
 HERE=$(cd "$(dirname "$0")" && pwd)
 OUT=${1:-${OUT:-$HERE/out}}
-mkdir -p "$OUT" "$HERE/bin"
+WORK=$HERE/work
+mkdir -p "$OUT" "$HERE/bin" "$WORK"
+OUT=$(cd "$OUT" && pwd)
 PY=${PYTHON:-python3}
-log() { echo "== $*" | tee -a "$OUT/run.log"; }
+DEADLINE=${DEADLINE:-480}
+log() { echo "== [$(( $(date +%s) - START )) s] $*" | tee -a "$OUT/run.log"; }
+left() { echo $(( DEADLINE - ($(date +%s) - START) )); }
+# step NAME BUDGET CMD...: runs CMD for at most BUDGET seconds (less if the deadline is nearer).
+step() {
+  local name=$1 budget=$2; shift 2
+  local l; l=$(left)
+  if [ "$l" -lt 25 ]; then log "skip $name ($l s left)"; return 1; fi
+  [ "$budget" -gt $(( l - 5 )) ] && budget=$(( l - 5 ))
+  log "$name (≤ $budget s)"
+  local t0; t0=$(date +%s)
+  timeout -k 5 "$budget" bash -c '"$@"' _ "$@"
+  local rc=$?
+  log "$name: rc $rc in $(( $(date +%s) - t0 )) s"
+  return $rc
+}
+finish() {
+  ( cd "$WORK" && tar czf "$OUT/details.tar.gz" --exclude='*.safetensors' . ) 2>/dev/null
+  log "done"
+}
+trap finish EXIT
 
 for b in vlm-cli fastvlm-bench; do
   if [ ! -x "$HERE/bin/$b" ]; then
@@ -25,54 +52,84 @@ for b in vlm-cli fastvlm-bench; do
   fi
 done
 CLI="$HERE/bin/vlm-cli"
+BENCH="$HERE/bin/fastvlm-bench"
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader >> "$OUT/run.log" 2>&1
+"$PY" -c "import torch, transformers, timm; print('torch', torch.__version__, 'transformers', transformers.__version__, 'timm', timm.__version__)" >> "$OUT/run.log" 2>&1
 
+ICD=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
 if [ -z "${COMBOS:-}" ]; then
-  COMBOS="cuda:f32 cuda:bf16 cuda:f16"
-  ICD=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
-  if [ -f "$ICD" ]; then
-    if ! ldconfig -p | grep -q libvulkan.so.1 && ls "$HERE"/libvulkan1_*.deb >/dev/null 2>&1; then
-      dpkg -x "$HERE"/libvulkan1_*.deb / && ldconfig
-    fi
-    export VK_DRIVER_FILES=$ICD
-    COMBOS="$COMBOS wgpu:f32 wgpu:f16"
-  fi
+  COMBOS="cuda:bf16 cuda:f32"
+  if [ -f "$ICD" ]; then COMBOS="$COMBOS wgpu:f32"; fi
 fi
-log "combos: $COMBOS"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >> "$OUT/run.log" 2>&1
+if [[ "$COMBOS" == *wgpu* ]] && [ -f "$ICD" ]; then
+  if ! ldconfig -p | grep -q libvulkan.so.1 && ls "$HERE"/libvulkan1_*.deb >/dev/null 2>&1; then
+    dpkg -x "$HERE"/libvulkan1_*.deb / && ldconfig
+  fi
+  export VK_DRIVER_FILES=$ICD
+fi
+log "combos: $COMBOS; deadline $DEADLINE s"
 
+# The 0.5B-shaped checkpoint from the seeded formula (the same bytes as on the development
+# machine), made on the CPU while the GPU benchmarks run.
 CKPT=${CKPT:-/tmp/fastvlm-0.5b-check}
 if [ ! -f "$CKPT/model.safetensors" ]; then
-  log "making the 0.5B-shaped checkpoint"
-  start=$(date +%s)
-  FASTVLM_VOCAB_DIR="$HERE/vocab" "$PY" "$HERE/python/fastvlm_reference.py" make-checkpoint \
-    --variant 0.5b --out "$CKPT" >> "$OUT/run.log" 2>&1 || { log "checkpoint failed"; exit 1; }
-  log "checkpoint in $(( $(date +%s) - start )) s"
+  ( FASTVLM_VOCAB_DIR="$HERE/vocab" "$PY" "$HERE/python/fastvlm_reference.py" make-checkpoint \
+      --variant 0.5b --out "$CKPT" > "$WORK/checkpoint.log" 2>&1; echo "rc $?" >> "$WORK/checkpoint.log" ) &
+  CKPT_PID=$!
+else
+  CKPT_PID=
 fi
 IMG="$HERE/image.png"
 
-for combo in $COMBOS; do
-  b=${combo%%:*}; d=${combo##*:}
-  for run in 1 2; do
-    log "$b $d run $run: encode"
-    t0=$(date +%s%N)
-    "$CLI" encode --model-path "$CKPT" --image-file "$IMG" --backend "$b" --dtype "$d" \
-      --output "$OUT/features-$b-$d.safetensors" >> "$OUT/run.log" 2>&1 || log "encode $b $d failed"
-    t1=$(date +%s%N)
-    log "$b $d run $run: predict"
-    "$CLI" predict --model-path "$CKPT" --image-file "$IMG" --backend "$b" --dtype "$d" \
-      --temperature 0 --max-new-tokens 32 --json > "$OUT/predict-$b-$d-$run.json" 2>> "$OUT/run.log" \
-      || log "predict $b $d failed"
-    t2=$(date +%s%N)
-    echo "{\"combo\": \"$combo\", \"run\": $run, \"encode_process_ms\": $(( (t1 - t0) / 1000000 )), \"predict_process_ms\": $(( (t2 - t1) / 1000000 ))}" >> "$OUT/process-times.jsonl"
-  done
-done
+# CubeCL reads cubecl.toml from the working directory up: keep compiled PTX and autotune results
+# on disk, so each process after the first skips the kernels an earlier one compiled.
+cat > "$WORK/cubecl.toml" <<'TOML'
+[compilation]
+cache = { file = "/tmp/cubecl-cache" }
 
-"$PY" "$HERE/python/device_report.py" --cpu "$HERE/cpu" --out "$OUT" --combos "$COMBOS" | tee "$OUT/device-check.md"
+[autotune]
+cache = { file = "/tmp/cubecl-cache" }
+TOML
+cd "$WORK"
+
+ours() { set -o pipefail; "$BENCH" "$@" 2>> "$WORK/ours.err" | tee -a "$OUT/bench.jsonl"; }
+torch_ref() {
+  set -o pipefail
+  ( cd "$HERE/python" && "$PY" bench_reference.py "$@" --device cuda 2>> "$WORK/torch.err" ) | tee -a "$OUT/bench.jsonl"
+}
+check() {
+  local b=${1%%:*} d=${1##*:}
+  [ -n "$CKPT_PID" ] && { wait "$CKPT_PID"; CKPT_PID=; log "checkpoint: $(tail -1 "$WORK/checkpoint.log")"; }
+  step "encode $b $d" 150 "$CLI" encode --model-path "$CKPT" --image-file "$IMG" --backend "$b" --dtype "$d" \
+    --output "$WORK/features-$b-$d.safetensors" >> "$WORK/cli.log" 2>&1 || return
+  step "predict $b $d" 150 "$CLI" predict --model-path "$CKPT" --image-file "$IMG" --backend "$b" --dtype "$d" \
+    --temperature 0 --max-new-tokens 32 --json > "$WORK/predict-$b-$d-1.json" 2>> "$WORK/cli.log"
+}
+export -f ours torch_ref
+export BENCH WORK OUT HERE PY
+first=${COMBOS%% *}
+rest=${COMBOS#"$first"}
 
 if [ -z "${SKIP_BENCH:-}" ]; then
-  log "benchmarks"
-  "$PY" "$HERE/python/bench_report.py" --ours "$HERE/bin/fastvlm-bench" --device cuda --dtypes f32,bf16 \
-    --compile --iters ${ITERS:-10} --label gpu --out "$OUT/BENCHMARKS.md" --raw "$OUT/bench.jsonl" \
-    --command "bash run.sh (cargo xtask device-check bundle)" >> "$OUT/run.log" 2>&1 || log "benchmarks failed"
+  step "ours profile bf16" 120 ours profile --backend cuda --dtype bf16 --iters 10
+  step "ours pipeline bf16" 90 ours pipeline --backend cuda --dtype bf16 --iters 5 --tokens 64
+  step "torch pipeline bf16" 90 torch_ref pipeline --dtype bf16 --iters 5 --tokens 64
+  step "torch encoder bf16" 60 torch_ref encoder --res 1024 --dtype bf16 --iters 20
 fi
-log "done"
+check "$first"
+if [ -z "${SKIP_BENCH:-}" ]; then
+  step "ours decode 7b bf16" 100 ours decode --shape 7b --backend cuda --dtype bf16 --iters 3 --tokens 64
+  step "torch decode 7b bf16" 80 torch_ref decode --shape 7b --dtype bf16 --iters 3 --tokens 64
+fi
+for combo in $rest; do check "$combo"; done
+"$PY" "$HERE/python/device_report.py" --cpu "$HERE/cpu" --out "$WORK" --combos "$COMBOS" \
+  > "$OUT/device-check.md" 2>> "$OUT/run.log"
+if [ -z "${SKIP_BENCH:-}" ]; then
+  step "ours encoder f32" 60 ours encoder --res 1024 --backend cuda --dtype f32 --iters 10
+  step "torch encoder f32" 40 torch_ref encoder --res 1024 --dtype f32 --iters 20
+  if [ -f "$HERE/python/anchor_pytorch.py" ]; then
+    step "anchor: transformers FastVLM e2e" 90 env OUT="$OUT" "$PY" "$HERE/python/anchor_pytorch.py" e2e
+  fi
+  step "torch.compile encoder bf16" 120 torch_ref encoder --res 1024 --dtype bf16 --iters 20 --compile
+fi
+cat "$OUT/device-check.md"

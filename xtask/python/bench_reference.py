@@ -3,6 +3,7 @@
   python bench_reference.py encoder  [--res 256,1024] [--iters 5] [--device cpu|cuda] [--dtype f32|bf16] [--compile]
   python bench_reference.py decoder  [--iters 5] ...      projector, prefill/{64,280,1024}, step
   python bench_reference.py pipeline [--iters 3] [--tokens 32] ...   ttft_1024, decode tok/s, peak memory
+  python bench_reference.py decode   [--shape 0.5b|1.5b|7b] [--tokens 32] ...  prefill/280, step, decode tok/s
 
 Encoder: timm `fastvit_mci3` (FastViTHD) in inference form with the Rust benchmarks' weights
 (formula seed 7), plus its FLOPs (torch.utils.flop_counter) and the bytes it must at least move
@@ -130,6 +131,67 @@ def decoder(args):
         args.iters = iters
 
 
+SHAPES = {
+    "0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                 num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
+    "1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+                 num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
+    "7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+               num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False),
+}
+
+
+def decode(args):
+    """`fastvlm-bench decode`'s measurements: weights made on the device at the compute dtype."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(**SHAPES[args.shape], max_position_embeddings=32768, rope_theta=1000000.0,
+                         rms_norm_eps=1e-6)
+    torch.manual_seed(0)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype(args))
+    with torch.device(args.device):
+        model = Qwen2ForCausalLM(config).eval()
+    torch.set_default_dtype(default)
+    run = torch.compile(model) if args.compile else model
+    h = config.hidden_size
+    with torch.no_grad():
+        prompt = torch.randn(1, 280, h, device=args.device, dtype=dtype(args)) * 0.05
+        measure(args, f"decode/{args.shape}/prefill/280",
+                lambda: run(inputs_embeds=prompt, use_cache=True, logits_to_keep=1).logits.argmax(-1).item())
+        out = run(inputs_embeds=prompt, use_cache=True, logits_to_keep=1)
+        state = {"cache": out.past_key_values}
+        token = torch.tensor([[872]], device=args.device)
+
+        def step():
+            o = run(input_ids=token, past_key_values=state["cache"], use_cache=True, logits_to_keep=1)
+            state["cache"] = o.past_key_values
+            return o.logits.argmax(-1).item()
+
+        iters = args.iters
+        args.iters = max(iters, 16)
+        measure(args, f"decode/{args.shape}/step", step)
+        args.iters = iters
+
+        def rate():
+            out = run(inputs_embeds=prompt, use_cache=True, logits_to_keep=1)
+            cache, logits = out.past_key_values, out.logits
+            sync(args.device)
+            t = time.perf_counter()
+            for _ in range(args.tokens):
+                ids = logits[:, -1].argmax(-1, keepdim=True)
+                ids.item()
+                out = run(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+                cache, logits = out.past_key_values, out.logits
+            sync(args.device)
+            return args.tokens / (time.perf_counter() - t)
+
+        first = rate()
+        rates = [rate() for _ in range(args.iters)]
+    emit(args, f"decode/{args.shape}/rate", tok_per_s_median=statistics.median(rates), tok_per_s_first=first,
+         tokens=args.tokens, iters=args.iters)
+
+
 def pipeline(args):
     enc = build_encoder(args)
     projector = build_projector(args)
@@ -177,7 +239,8 @@ def pipeline(args):
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser()
-    p.add_argument("what", choices=["encoder", "decoder", "pipeline"])
+    p.add_argument("what", choices=["encoder", "decoder", "pipeline", "decode"])
+    p.add_argument("--shape", default="0.5b", choices=sorted(SHAPES))
     p.add_argument("--res", default="256,512,768,1024,1536")
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--tokens", type=int, default=32)
@@ -186,4 +249,4 @@ if __name__ == "__main__":
     p.add_argument("--compile", action="store_true")
     a = p.parse_args()
     a.res = [int(r) for r in a.res.split(",")]
-    {"encoder": encoder, "decoder": decoder, "pipeline": pipeline}[a.what](a)
+    {"encoder": encoder, "decoder": decoder, "pipeline": pipeline, "decode": decode}[a.what](a)

@@ -236,6 +236,11 @@ fn device_check(args: &[String]) -> Result<(), String> {
             copy(&path, &out.join("python").join(path.file_name().unwrap()))?;
         }
     }
+    // The shared PyTorch anchor (transformers' FastVLM end to end), where this checkout has it.
+    let anchor = root().join("../shared/tools/anchor_pytorch.py");
+    if anchor.is_file() {
+        copy(&anchor, &out.join("python/anchor_pytorch.py"))?;
+    }
     copy(&root().join("xtask/gpu/run.sh"), &out.join("run.sh"))?;
     copy(
         &root().join("fixtures/e2e/images/wide.png"),

@@ -6,6 +6,10 @@
 //! fastvlm-bench encoder  [--res 256,512,768,1024,1536] [--iters 5]
 //! fastvlm-bench decoder  [--iters 5]            projector, prefill/{64,280,1024}, step
 //! fastvlm-bench pipeline [--iters 3] [--tokens 32]  ttft_1024, decode tok/s, peak RSS
+//! fastvlm-bench decode   [--shape 0.5b|1.5b|7b] [--tokens 32] [--block-mib N]
+//!                        prefill/280, step, decode tok/s with weights drawn on the device
+//! fastvlm-bench profile  [--iters 5]            where the time goes: a sync, the encoder's
+//!                        parts at 1024², single ops at their shapes, a 0.5B step's parts
 //!   all take [--backend cpu|wgpu|cuda] [--dtype f32|f16|bf16] (defaults as vlm-cli's)
 //! ```
 //! Every line carries the first call's time apart (kernel compilation and autotuning on GPUs)
@@ -15,9 +19,13 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use benches::{
-    PROMPT_PREFIX, PROMPT_SUFFIX, Pipeline, decoder_05b, encoder, image, projector_05b, sync,
+    PROMPT_PREFIX, PROMPT_SUFFIX, Pipeline, decoder_05b, decoder_random, encoder, image,
+    projector_05b, qwen2_shape, sync,
 };
+use burn::tensor::activation::gelu;
 use burn::tensor::backend::Backend;
+use burn::tensor::module::{attention, conv2d};
+use burn::tensor::ops::{AttentionModuleOptions, ConvOptions};
 use burn::tensor::{Distribution, Int, Tensor, TensorData};
 use vlm_pipeline::backend::{self, Precision};
 
@@ -88,9 +96,24 @@ fn run<B: Backend>(args: &[String], backend_name: &str) -> ExitCode {
                 .unwrap_or(32);
             run_pipeline::<B>(&tag, iters, tokens)
         }
+        Some("decode") => {
+            let shape = flag(args, "--shape").unwrap_or_else(|| "0.5b".into());
+            let Some(config) = qwen2_shape(&shape) else {
+                eprintln!("error: unknown --shape `{shape}` (0.5b, 1.5b, 7b)");
+                return ExitCode::FAILURE;
+            };
+            let tokens = flag(args, "--tokens")
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(32);
+            let block = flag(args, "--block-mib")
+                .and_then(|s| s.parse::<usize>().ok())
+                .map_or(usize::MAX, |m| m << 20);
+            run_decode::<B>(&tag, &shape, &config, block, iters, tokens)
+        }
+        Some("profile") => run_profile::<B>(&tag, iters),
         _ => {
             eprintln!(
-                "usage: fastvlm-bench encoder|decoder|pipeline [--iters N] [--res R,…] [--tokens N] [--backend B] [--dtype D]"
+                "usage: fastvlm-bench encoder|decoder|pipeline|decode|profile [--iters N] [--res R,…] [--tokens N] [--shape S] [--backend B] [--dtype D]"
             );
             ExitCode::FAILURE
         }
@@ -217,6 +240,306 @@ fn run_pipeline<B: Backend>(tag: &Tag, iters: usize, tokens: usize) -> ExitCode 
         tag.json(),
         peak_rss_kib() / 1024
     );
+    ExitCode::SUCCESS
+}
+
+/// Greedy decoding rate: after a random 280-position prompt, `tokens` steps each sending the
+/// sampled id to the host. Returns tokens per second.
+fn decode_rate<B: Backend>(
+    decoder: &qwen2_decoder::Qwen2<B>,
+    prompt: &Tensor<B, 3>,
+    tokens: usize,
+    device: &B::Device,
+) -> f64 {
+    let n = prompt.dims()[1];
+    let mut cache = decoder.new_cache(1, n + tokens + 1, device).unwrap();
+    let mut logits = decoder.forward_last(prompt.clone(), &mut cache).unwrap();
+    let t = Instant::now();
+    for _ in 0..tokens {
+        let id = logits.argmax(1);
+        drop(id.clone().into_data());
+        logits = decoder.forward_last(decoder.embed(id), &mut cache).unwrap();
+    }
+    let _ = logits.into_data();
+    tokens as f64 / t.elapsed().as_secs_f64()
+}
+
+fn run_decode<B: Backend>(
+    tag: &Tag,
+    shape: &str,
+    config: &qwen2_decoder::Qwen2Config,
+    max_block_bytes: usize,
+    iters: usize,
+    tokens: usize,
+) -> ExitCode {
+    let device = Default::default();
+    let t = Instant::now();
+    let decoder = decoder_random::<B>(config, max_block_bytes, &device);
+    sync::<B>(&device);
+    eprintln!(
+        "{shape}: weights drawn in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let h = config.hidden_size;
+    let prompt = Tensor::<B, 3>::random([1, 280, h], Distribution::Normal(0.0, 0.05), &device);
+    measure(tag, &format!("decode/{shape}/prefill/280"), iters, || {
+        let mut cache = decoder.new_cache(1, 281, &device).unwrap();
+        let logits = decoder.forward_last(prompt.clone(), &mut cache).unwrap();
+        logits.argmax(1).into_data()
+    });
+    let mut cache = decoder
+        .new_cache(1, 280 + 64 * iters + 64, &device)
+        .unwrap();
+    let _ = decoder.forward_last(prompt.clone(), &mut cache).unwrap();
+    let token = Tensor::<B, 2, Int>::from_data(TensorData::new(vec![872i64], [1, 1]), &device);
+    measure(tag, &format!("decode/{shape}/step"), iters.max(16), || {
+        let logits = decoder
+            .forward_last(decoder.embed(token.clone()), &mut cache)
+            .unwrap();
+        logits.argmax(1).into_data()
+    });
+    let first = decode_rate(&decoder, &prompt, tokens, &device);
+    let mut rates: Vec<f64> = (0..iters)
+        .map(|_| decode_rate(&decoder, &prompt, tokens, &device))
+        .collect();
+    rates.sort_by(f64::total_cmp);
+    println!(
+        "{{\"bench\": \"decode/{shape}/rate\", {}, \"tok_per_s_median\": {:.3}, \"tok_per_s_first\": {first:.3}, \"tokens\": {tokens}, \"iters\": {iters}}}",
+        tag.json(),
+        rates[rates.len() / 2]
+    );
+    ExitCode::SUCCESS
+}
+
+/// Where the time goes, one JSON line per part (each call ends with a device sync).
+fn run_profile<B: Backend>(tag: &Tag, iters: usize) -> ExitCode {
+    let device: B::Device = Default::default();
+    let sync = || sync::<B>(&device);
+    measure(tag, "profile/sync", iters, sync);
+    // One launch of the smallest kernel and a sync: the floor under every op below.
+    let one = Tensor::<B, 1>::ones([1], &device);
+    measure(tag, "profile/op/add/1", iters, || {
+        let y = one.clone() + one.clone();
+        sync();
+        y
+    });
+
+    // FastViTHD at 1024², part by part, each from the previous part's output.
+    let model = encoder::<B>(&device);
+    let mut h = image::<B>(1024, &device);
+    let input = h.clone();
+    measure(tag, "encoder/1024", iters, || {
+        let y = model.forward(input.clone());
+        sync();
+        y
+    });
+    measure(tag, "profile/encoder/stem", iters, || {
+        let mut y = input.clone();
+        for block in &model.stem {
+            y = block.forward(y);
+        }
+        sync();
+        y
+    });
+    for block in &model.stem {
+        h = block.forward(h);
+    }
+    for (i, stage) in model.stages.iter().enumerate() {
+        let input = h.clone();
+        let [_, c, hh, ww] = input.dims();
+        measure(
+            tag,
+            &format!("profile/encoder/stage{i}/{c}ch@{hh}x{ww}"),
+            iters,
+            || {
+                let y = stage.forward(input.clone());
+                sync();
+                y
+            },
+        );
+        h = stage.forward(h);
+    }
+    measure(tag, "profile/encoder/conv_exp", iters, || {
+        let y = model.conv_exp.forward(h.clone());
+        sync();
+        y
+    });
+
+    // Single ops at the shapes FastViTHD runs them (stage 2: 384 channels at 64×64 for 1024²;
+    // stage 3's attention: 768 channels, 24 heads of 32, 1024 tokens).
+    let c = 384;
+    let normal = |s: f64| Distribution::Normal(0.0, s);
+    let x = Tensor::<B, 4>::random([1, c, 64, 64], normal(1.0), &device);
+    let bias = Tensor::<B, 1>::random([c], normal(0.1), &device);
+    for k in [3, 7] {
+        let w = Tensor::<B, 4>::random([c, 1, k, k], normal(0.1), &device);
+        measure(
+            tag,
+            &format!("profile/op/depthwise{k}x{k}+bias/384@64x64"),
+            iters,
+            || {
+                let y = conv2d(
+                    x.clone(),
+                    w.clone(),
+                    Some(bias.clone()),
+                    ConvOptions::new([1, 1], [k / 2, k / 2], [1, 1], c),
+                );
+                sync();
+                y
+            },
+        );
+    }
+    // The same 7×7 depthwise convolution as 49 shifted multiply-adds over the padded input:
+    // elementwise work that burn's fusion may compile into one kernel (a lead for a depthwise
+    // path that needs no convolution kernel).
+    let w7 = Tensor::<B, 4>::random([c, 1, 7, 7], normal(0.1), &device);
+    let taps: Vec<Tensor<B, 4>> = (0..49)
+        .map(|t| {
+            w7.clone()
+                .slice([0..c, 0..1, t / 7..t / 7 + 1, t % 7..t % 7 + 1])
+                .reshape([1, c, 1, 1])
+        })
+        .collect();
+    let bias4 = bias.clone().reshape([1, c, 1, 1]);
+    measure(
+        tag,
+        "profile/op/depthwise7x7-as-49-fma/384@64x64",
+        iters,
+        || {
+            let padded = x
+                .clone()
+                .pad([(3, 3), (3, 3)], burn::tensor::ops::PadMode::Constant(0.0));
+            let mut acc = bias4.clone();
+            for (t, tap) in taps.iter().enumerate() {
+                let (i, j) = (t / 7, t % 7);
+                acc = acc + padded.clone().slice([0..1, 0..c, i..i + 64, j..j + 64]) * tap.clone();
+            }
+            sync();
+            acc
+        },
+    );
+    let pw = fastvithd::Pointwise::new(
+        Tensor::<B, 2>::random([4 * c, c], normal(0.05), &device),
+        Tensor::<B, 1>::random([4 * c], normal(0.1), &device),
+    );
+    measure(tag, "profile/op/pointwise384to1536/64x64", iters, || {
+        let y = pw.forward(x.clone());
+        sync();
+        y
+    });
+    let wide = Tensor::<B, 4>::random([1, 4 * c, 64, 64], normal(1.0), &device);
+    measure(tag, "profile/op/gelu/1536@64x64", iters, || {
+        let y = gelu(wide.clone());
+        sync();
+        y
+    });
+    measure(tag, "profile/op/add/384@64x64", iters, || {
+        let y = x.clone() + x.clone();
+        sync();
+        y
+    });
+    let qkv = |_| Tensor::<B, 4>::random([1, 24, 1024, 32], normal(1.0), &device);
+    let [q, k, v] = [0, 1, 2].map(qkv);
+    measure(tag, "profile/op/attention/24x1024x32", iters, || {
+        let y = attention(
+            q.clone(),
+            k.clone(),
+            v.clone(),
+            None,
+            None,
+            AttentionModuleOptions::default(),
+        );
+        sync();
+        y
+    });
+    // The same attention as two matmuls around a softmax (scores materialised): burn's fused
+    // kernel against its GEMM.
+    measure(
+        tag,
+        "profile/op/attention-as-matmuls/24x1024x32",
+        iters,
+        || {
+            let scores = q.clone().matmul(k.clone().swap_dims(2, 3)) * (1.0 / (32f64).sqrt());
+            let y = burn::tensor::activation::softmax(scores, 3).matmul(v.clone());
+            sync();
+            y
+        },
+    );
+    // A decoding step's attention: one query over 300 cached positions, 14 heads of 64.
+    let [q1, k1, v1] =
+        [1, 300, 300].map(|n| Tensor::<B, 4>::random([1, 14, n, 64], normal(1.0), &device));
+    measure(tag, "profile/op/attention/14x1q300kx64", iters, || {
+        let y = attention(
+            q1.clone(),
+            k1.clone(),
+            v1.clone(),
+            None,
+            None,
+            AttentionModuleOptions::default(),
+        );
+        sync();
+        y
+    });
+    measure(
+        tag,
+        "profile/op/attention-as-matmuls/14x1q300kx64",
+        iters,
+        || {
+            let scores = q1.clone().matmul(k1.clone().swap_dims(2, 3)) * (1.0 / 8.0);
+            let y = burn::tensor::activation::softmax(scores, 3).matmul(v1.clone());
+            sync();
+            y
+        },
+    );
+    let a = Tensor::<B, 2>::random([4096, 4096], normal(1.0), &device);
+    let b = Tensor::<B, 2>::random([4096, 4096], normal(1.0), &device);
+    measure(tag, "profile/op/matmul/4096", iters, || {
+        let y = a.clone().matmul(b.clone());
+        sync();
+        y
+    });
+    drop((model, h, x, wide, a, b));
+
+    // A 0.5B decoding step's parts after a 280-position prompt, with the vocabulary tables in
+    // one block and in wgpu's 128 MiB blocks.
+    for (label, block) in [("one", usize::MAX), ("128MiB", 128 << 20)] {
+        let config = qwen2_shape("0.5b").expect("known shape");
+        let decoder = decoder_random::<B>(&config, block, &device);
+        let prompt = Tensor::<B, 3>::random([1, 280, 896], normal(0.05), &device);
+        let mut cache = decoder
+            .new_cache(1, 280 + 8 * (iters + 1) + 64, &device)
+            .unwrap();
+        let _ = decoder.forward_last(prompt, &mut cache).unwrap();
+        let token = Tensor::<B, 2, Int>::from_data(TensorData::new(vec![872i64], [1, 1]), &device);
+        let p = |part: &str| format!("profile/step0.5b/{label}-block/{part}");
+        measure(tag, &p("embed"), iters, || {
+            let y = decoder.embed(token.clone());
+            sync();
+            y
+        });
+        let embedded = decoder.embed(token.clone());
+        measure(tag, &p("layers"), iters, || {
+            let y = decoder.hidden(embedded.clone(), &mut cache).unwrap();
+            sync();
+            y
+        });
+        let hidden = decoder.hidden(embedded.clone(), &mut cache).unwrap();
+        measure(tag, &p("lm_head"), iters, || {
+            let y = decoder.logits(hidden.clone());
+            sync();
+            y
+        });
+        let logits = decoder.logits(hidden).reshape([1, 151936]);
+        measure(tag, &p("argmax_to_host"), iters, || {
+            logits.clone().argmax(1).into_data()
+        });
+        measure(tag, &p("whole"), iters, || {
+            let logits = decoder
+                .forward_last(decoder.embed(token.clone()), &mut cache)
+                .unwrap();
+            logits.argmax(1).into_data()
+        });
+    }
     ExitCode::SUCCESS
 }
 
