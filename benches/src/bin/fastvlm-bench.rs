@@ -38,6 +38,8 @@ fn flag(args: &[String], name: &str) -> Option<String> {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // Before any device is touched: CubeCL reads its configuration once.
+    backend::keep_compiled_kernels();
     let backend_name =
         flag(&args, "--backend").unwrap_or_else(|| backend::compiled()[0].to_string());
     let precision = match flag(&args, "--dtype").map(|d| d.parse::<Precision>()) {
@@ -140,6 +142,9 @@ fn measure<T>(tag: &Tag, name: &str, iters: usize, mut f: impl FnMut() -> T) {
     let t = Instant::now();
     drop(f());
     let first = ms(t);
+    // On a GPU the first call compiles and autotunes its kernels (minutes, cold): say so at once,
+    // so a run cut short still shows where its time went.
+    eprintln!("{name}: first call {first:.1} ms");
     let mut times: Vec<f64> = (0..iters)
         .map(|_| {
             let t = Instant::now();
