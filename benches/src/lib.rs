@@ -62,7 +62,9 @@ pub fn decoder_05b<B: Backend>(device: &B::Device) -> qwen2_decoder::Qwen2<B> {
             .get(n)
             .map(|s| TensorData::new(synthetic::tensor(SEED, n, s), s.clone()))
     };
-    qwen2_decoder::Qwen2::load(&config, "", &mut source, device)
+    // Vocabulary blocks as the pipeline stores them on this backend.
+    let block = vlm_pipeline::fastvlm::vocab_block_bytes::<B>(device);
+    qwen2_decoder::Qwen2::load_blocked(&config, "", &mut source, device, block)
         .expect("synthetic weights match the configuration")
 }
 
@@ -194,9 +196,7 @@ pub fn decoder_random<B: Backend>(
         .map(|_| Qwen2DecoderLayer {
             input_layernorm: norm(),
             self_attn: Qwen2Attention {
-                q_proj: linear(h, h, true),
-                k_proj: linear(h, kv, true),
-                v_proj: linear(h, kv, true),
+                qkv_proj: linear(h, h + 2 * kv, true),
                 o_proj: linear(h, h, false),
                 num_heads: config.num_attention_heads,
                 num_kv_heads: config.num_key_value_heads,
@@ -204,9 +204,9 @@ pub fn decoder_random<B: Backend>(
             },
             post_attention_layernorm: norm(),
             mlp: Qwen2Mlp {
-                gate_proj: linear(h, i, false),
-                up_proj: linear(h, i, false),
+                gate_up_proj: linear(h, 2 * i, false),
                 down_proj: linear(i, h, false),
+                intermediate_size: i,
             },
         })
         .collect();

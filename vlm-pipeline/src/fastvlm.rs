@@ -162,7 +162,13 @@ impl<B: Backend> FastVlm<B> {
             &mut source,
             device,
         )?;
-        let decoder = Qwen2::load(&config.decoder, "", &mut source, device)?;
+        let decoder = Qwen2::load_blocked(
+            &config.decoder,
+            "",
+            &mut source,
+            device,
+            vocab_block_bytes::<B>(device),
+        )?;
         let unused: Vec<&str> = weights
             .names()
             .into_iter()
@@ -404,4 +410,15 @@ impl<B: Backend> FastVlm<B> {
 
 fn ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1e3
+}
+
+/// Largest block of the vocabulary tables (token embedding, LM head) on this backend: wgpu caps
+/// one storage binding (128 MiB on lavapipe and many adapters), so it gets blocks under the cap;
+/// the other backends take each table whole, one matrix product and no per-block launches.
+pub fn vocab_block_bytes<B: Backend>(device: &B::Device) -> usize {
+    if B::name(device).contains("wgpu") {
+        qwen2_decoder::vocab::MAX_BLOCK_BYTES
+    } else {
+        usize::MAX
+    }
 }
