@@ -196,7 +196,9 @@ pub fn decoder_random<B: Backend>(
         .map(|_| Qwen2DecoderLayer {
             input_layernorm: norm(),
             self_attn: Qwen2Attention {
-                qkv_proj: linear(h, h + 2 * kv, true),
+                q_proj: linear(h, h, true),
+                k_proj: linear(h, kv, true),
+                v_proj: linear(h, kv, true),
                 o_proj: linear(h, h, false),
                 num_heads: config.num_attention_heads,
                 num_kv_heads: config.num_key_value_heads,
@@ -204,9 +206,9 @@ pub fn decoder_random<B: Backend>(
             },
             post_attention_layernorm: norm(),
             mlp: Qwen2Mlp {
-                gate_up_proj: linear(h, 2 * i, false),
+                gate_proj: linear(h, i, false),
+                up_proj: linear(h, i, false),
                 down_proj: linear(i, h, false),
-                intermediate_size: i,
             },
         })
         .collect();

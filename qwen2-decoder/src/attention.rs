@@ -11,9 +11,9 @@ use crate::rotary::RotaryEmbedding;
 /// each group of `heads / kv_heads` query heads shares one key/value head.
 #[derive(Module, Debug)]
 pub struct Qwen2Attention<B: Backend> {
-    /// `q_proj`, `k_proj`, `v_proj` side by side, `[hidden, (heads + 2 · kv_heads) · head_dim]`
-    /// with their biases: one matrix product (one launch) for the three.
-    pub qkv_proj: Linear<B>,
+    pub q_proj: Linear<B>,
+    pub k_proj: Linear<B>,
+    pub v_proj: Linear<B>,
     pub o_proj: Linear<B>,
     pub num_heads: usize,
     pub num_kv_heads: usize,
@@ -31,16 +31,11 @@ impl<B: Backend> Qwen2Attention<B> {
         start: usize,
     ) -> Tensor<B, 3> {
         let [batch, n, hidden] = x.dims();
-        let (h, kvh) = (self.num_heads, self.num_kv_heads);
-        // Split into heads while the projection is contiguous, then cut q, k, v along the head
-        // axis (burn 0.21's CubeCL reshape mis-strides some views: see `repeat_kv`).
-        let qkv = self
-            .qkv_proj
-            .forward(x)
-            .reshape([batch, n, h + 2 * kvh, self.head_dim]);
-        let q = qkv.clone().narrow(2, 0, h).swap_dims(1, 2);
-        let k = qkv.clone().narrow(2, h, kvh).swap_dims(1, 2);
-        let v = qkv.narrow(2, h + kvh, kvh).swap_dims(1, 2);
+        let heads =
+            |t: Tensor<B, 3>, h: usize| t.reshape([batch, n, h, self.head_dim]).swap_dims(1, 2);
+        let q = heads(self.q_proj.forward(x.clone()), self.num_heads);
+        let k = heads(self.k_proj.forward(x.clone()), self.num_kv_heads);
+        let v = heads(self.v_proj.forward(x), self.num_kv_heads);
         let q = RotaryEmbedding::apply(q, &rope.0, &rope.1);
         let k = RotaryEmbedding::apply(k, &rope.0, &rope.1);
 

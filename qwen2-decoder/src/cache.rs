@@ -16,9 +16,6 @@ pub(crate) struct LayerCache<B: Backend> {
 #[derive(Debug, Clone)]
 pub struct KvCache<B: Backend> {
     pub(crate) layers: Vec<LayerCache<B>>,
-    /// Rotary `(cos, sin)` for positions `0..capacity`, each `[1, 1, capacity, head_dim]`: made
-    /// once with the cache, so a decoding step computes and uploads none.
-    pub(crate) rope: (Tensor<B, 4>, Tensor<B, 4>),
     len: usize,
     capacity: usize,
     batch: usize,
@@ -31,7 +28,6 @@ impl<B: Backend> KvCache<B> {
         kv_heads: usize,
         capacity: usize,
         head_dim: usize,
-        rope: (Tensor<B, 4>, Tensor<B, 4>),
         device: &B::Device,
     ) -> Self {
         let layer = || LayerCache {
@@ -40,7 +36,6 @@ impl<B: Backend> KvCache<B> {
         };
         Self {
             layers: (0..layers).map(|_| layer()).collect(),
-            rope,
             len: 0,
             capacity,
             batch,
@@ -69,14 +64,6 @@ impl<B: Backend> KvCache<B> {
     /// Forgets every cached position; the memory is kept for the next sequence.
     pub fn reset(&mut self) {
         self.len = 0;
-    }
-
-    /// Rotary `(cos, sin)` for positions `start..start + n`, `[1, 1, n, head_dim]` each.
-    pub(crate) fn rope(&self, start: usize, n: usize) -> (Tensor<B, 4>, Tensor<B, 4>) {
-        (
-            self.rope.0.clone().narrow(2, start, n),
-            self.rope.1.clone().narrow(2, start, n),
-        )
     }
 
     pub(crate) fn advance(&mut self, n: usize) {

@@ -82,18 +82,10 @@ impl<B: Backend> Qwen2<B> {
         for l in 0..config.num_hidden_layers {
             let p = format!("model.layers.{l}");
             let input_layernorm = rms(&mut w, &format!("{p}.input_layernorm"))?;
-            let a = format!("{p}.self_attn");
             let self_attn = Qwen2Attention {
-                qkv_proj: w.linear_stacked(
-                    &[
-                        &format!("{a}.q_proj"),
-                        &format!("{a}.k_proj"),
-                        &format!("{a}.v_proj"),
-                    ],
-                    h,
-                    &[h, kv, kv],
-                    true,
-                )?,
+                q_proj: w.linear(&format!("{p}.self_attn.q_proj"), h, h, true)?,
+                k_proj: w.linear(&format!("{p}.self_attn.k_proj"), h, kv, true)?,
+                v_proj: w.linear(&format!("{p}.self_attn.v_proj"), h, kv, true)?,
                 o_proj: w.linear(&format!("{p}.self_attn.o_proj"), h, h, false)?,
                 num_heads: config.num_attention_heads,
                 num_kv_heads: config.num_key_value_heads,
@@ -101,13 +93,8 @@ impl<B: Backend> Qwen2<B> {
             };
             let post_attention_layernorm = rms(&mut w, &format!("{p}.post_attention_layernorm"))?;
             let mlp = Qwen2Mlp {
-                gate_up_proj: w.linear_stacked(
-                    &[&format!("{p}.mlp.gate_proj"), &format!("{p}.mlp.up_proj")],
-                    h,
-                    &[i, i],
-                    false,
-                )?,
-                intermediate_size: i,
+                gate_proj: w.linear(&format!("{p}.mlp.gate_proj"), h, i, false)?,
+                up_proj: w.linear(&format!("{p}.mlp.up_proj"), h, i, false)?,
                 down_proj: w.linear(&format!("{p}.mlp.down_proj"), i, h, false)?,
             };
             layers.push(Qwen2DecoderLayer {
@@ -168,7 +155,6 @@ impl<B: Backend> Qwen2<B> {
             attn.num_kv_heads,
             capacity,
             attn.head_dim,
-            self.rope.tables::<B>(0, capacity, device),
             device,
         ))
     }
@@ -199,7 +185,7 @@ impl<B: Backend> Qwen2<B> {
                 capacity: cache.capacity(),
             });
         }
-        let rope = cache.rope(start, n);
+        let rope = self.rope.tables::<B>(start, n, &embeds.device());
         let mut x = embeds;
         for (layer, layer_cache) in self.layers.iter().zip(cache.layers.iter_mut()) {
             x = layer.forward(x, &rope, layer_cache, start);

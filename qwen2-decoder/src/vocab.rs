@@ -2,9 +2,10 @@
 //!
 //! wgpu caps one storage binding at 128 MiB on lavapipe and on many real adapters; Qwen2-0.5B's
 //! embedding alone is 151,936 × 896 × 4 bytes = 544 MB in f32. Keeping such tensors as row
-//! blocks below the cap lets every backend run them, and costs a few extra launches on the
-//! ones that would not need it. Results do not change: a lookup picks the same rows, a
-//! projection computes the same dot products.
+//! blocks below the cap lets every backend run them; backends without the cap load with
+//! `Qwen2::load_blocked(…, usize::MAX)` and keep each table whole (one matrix product, no
+//! per-block launches). Results do not change: a lookup picks the same rows, a projection
+//! computes the same dot products.
 
 use burn::module::{Module, Param};
 use burn::tensor::{Int, Tensor, backend::Backend};

@@ -113,44 +113,6 @@ impl<'a, B: Backend> WeightLoader<'a, B> {
     }
 }
 
-impl<B: Backend> WeightLoader<'_, B> {
-    /// One linear layer computing several checkpoint projections of the same input side by
-    /// side: PyTorch's `[out_k, in]` weights stacked along the output, so `[in, Σ out_k]`, and
-    /// their biases concatenated. One matrix product (and one launch) instead of several.
-    pub(crate) fn linear_stacked(
-        &mut self,
-        names: &[&str],
-        d_in: usize,
-        d_outs: &[usize],
-        bias: bool,
-    ) -> Result<Linear<B>, LoadError> {
-        let total: usize = d_outs.iter().sum();
-        let mut out_in = Vec::with_capacity(total * d_in);
-        let mut biases = Vec::with_capacity(total);
-        for (name, &d_out) in names.iter().zip(d_outs) {
-            out_in.extend(self.host(&format!("{name}.weight"), &[d_out, d_in])?);
-            if bias {
-                biases.extend(self.host(&format!("{name}.bias"), &[d_out])?);
-            }
-        }
-        let weight: Tensor<B, 2> = Tensor::from_data(
-            TensorData::new(transpose(&out_in, total, d_in), [d_in, total]),
-            &self.device,
-        );
-        let mut linear = LinearConfig::new(d_in, total)
-            .with_bias(bias)
-            .init(&self.device);
-        linear.weight = Param::from_tensor(weight);
-        linear.bias = bias.then(|| {
-            Param::from_tensor(Tensor::from_data(
-                TensorData::new(biases, [total]),
-                &self.device,
-            ))
-        });
-        Ok(linear)
-    }
-}
-
 /// Row-major `[rows, cols]` → `[cols, rows]`.
 pub(crate) fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     let mut out = vec![0.0f32; values.len()];
