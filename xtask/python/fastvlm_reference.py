@@ -256,13 +256,9 @@ def reference_pixels(path, size):
     return np.asarray(img, dtype=np.uint8)  # H, W, 3
 
 
-def reference(model_dir, image, prompt, max_new_tokens, top_n, out):
-    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
-
-    cfg = json.load(open(os.path.join(model_dir, "config.json")))
-    tensors = load_tensors(model_dir)
-    size = int(cfg["mm_vision_tower"].rsplit("_", 1)[1])
-
+def load_tower(tensors):
+    """The vision tower of a release checkpoint's tensors as timm `fastvit_mci3` (inference form),
+    its depth and widths read off the tensor names, in f32."""
     d0 = tensors[APPLE_PREFIX + "patch_embed.0.reparam_conv.weight"].shape[0]
     counts = []
     for s, idx in enumerate([0, 2, 4, 7, 10]):
@@ -272,11 +268,20 @@ def reference(model_dir, image, prompt, max_new_tokens, top_n, out):
             n += 1
         counts.append(n)
     tower = build(dict(layers=tuple(counts), embed_dims=tuple(d0 * 2 ** i for i in range(5))))
-    names = apple_names(tower)
-    tsd = tower.state_dict()
-    load = {t: tensors[APPLE_PREFIX + a].float() for a, t in names.items()}
-    load.update({k: v for k, v in tsd.items() if k.endswith("num_batches_tracked")})
+    load = {t: tensors[APPLE_PREFIX + a].float() for a, t in apple_names(tower).items()}
+    load.update({k: v for k, v in tower.state_dict().items() if k.endswith("num_batches_tracked")})
     tower.load_state_dict(load, strict=True)
+    return tower
+
+
+def reference(model_dir, image, prompt, max_new_tokens, top_n, out):
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    cfg = json.load(open(os.path.join(model_dir, "config.json")))
+    tensors = load_tensors(model_dir)
+    size = int(cfg["mm_vision_tower"].rsplit("_", 1)[1])
+
+    tower = load_tower(tensors)
 
     w0, b0 = tensors["model.mm_projector.0.weight"].float(), tensors["model.mm_projector.0.bias"].float()
     w2, b2 = tensors["model.mm_projector.2.weight"].float(), tensors["model.mm_projector.2.bias"].float()

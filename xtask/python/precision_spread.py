@@ -22,19 +22,7 @@ def tower_and_projector(model_dir):
     cfg = json.load(open(os.path.join(model_dir, "config.json")))
     tensors = fr.load_tensors(model_dir)
     size = int(cfg["mm_vision_tower"].rsplit("_", 1)[1])
-    d0 = tensors[fr.APPLE_PREFIX + "patch_embed.0.reparam_conv.weight"].shape[0]
-    counts = []
-    for s, idx in enumerate([0, 2, 4, 7, 10]):
-        probe = "token_mixer.reparam_conv.weight" if s < 3 else "token_mixer.qkv.weight"
-        n = 0
-        while f"{fr.APPLE_PREFIX}network.{idx}.{n}.{probe}" in tensors:
-            n += 1
-        counts.append(n)
-    tower = fr.build(dict(layers=tuple(counts), embed_dims=tuple(d0 * 2 ** i for i in range(5))))
-    names = fr.apple_names(tower)
-    load = {t: tensors[fr.APPLE_PREFIX + a].float() for a, t in names.items()}
-    load.update({k: v for k, v in tower.state_dict().items() if k.endswith("num_batches_tracked")})
-    tower.load_state_dict(load, strict=True)
+    tower = fr.load_tower(tensors)
     proj = torch.nn.Sequential(torch.nn.Linear(*tensors["model.mm_projector.0.weight"].shape[::-1]), torch.nn.GELU(),
                                torch.nn.Linear(*tensors["model.mm_projector.2.weight"].shape[::-1]))
     proj.load_state_dict({"0.weight": tensors["model.mm_projector.0.weight"].float(),
