@@ -89,10 +89,8 @@ def encoder(args):
 def build_decoder(args):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    config = Qwen2Config(hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-                         num_attention_heads=14, num_key_value_heads=2, vocab_size=151936,
-                         tie_word_embeddings=True, max_position_embeddings=32768,
-                         rope_theta=1000000.0, rms_norm_eps=1e-6)
+    config = Qwen2Config(**SHAPES["0.5b"], max_position_embeddings=32768, rope_theta=1000000.0,
+                         rms_norm_eps=1e-6)
     torch.manual_seed(0)
     model = Qwen2ForCausalLM(config).to(args.device, dtype(args)).eval()
     return model
@@ -116,19 +114,47 @@ def decoder(args):
             measure(args, f"decoder/prefill/{n}",
                     lambda: run(inputs_embeds=embeds, use_cache=True, logits_to_keep=1).logits)
         embeds = torch.randn(1, 280, 896, device=args.device, dtype=dtype(args)) * 0.05
-        out = run(inputs_embeds=embeds, use_cache=True, logits_to_keep=1)
-        state = {"cache": out.past_key_values}
-        token = torch.tensor([[872]], device=args.device)
+        measure_step(args, "decoder/step", run, embeds)
 
-        def step():
-            o = run(input_ids=token, past_key_values=state["cache"], use_cache=True, logits_to_keep=1)
-            state["cache"] = o.past_key_values
-            return o.logits.argmax(-1).item()
 
-        iters = args.iters
-        args.iters = max(iters, 16)
-        measure(args, "decoder/step", step)
-        args.iters = iters
+def measure_step(args, name, run, prompt):
+    """One decoding step after `prompt` (embeddings): a token through the cache, its id on the
+    host; at least 16 timed steps."""
+    out = run(inputs_embeds=prompt, use_cache=True, logits_to_keep=1)
+    state = {"cache": out.past_key_values}
+    token = torch.tensor([[872]], device=args.device)
+
+    def step():
+        o = run(input_ids=token, past_key_values=state["cache"], use_cache=True, logits_to_keep=1)
+        state["cache"] = o.past_key_values
+        return o.logits.argmax(-1).item()
+
+    iters = args.iters
+    args.iters = max(iters, 16)
+    measure(args, name, step)
+    args.iters = iters
+
+
+def greedy_rate(args, run, prompt):
+    """Tokens per second of greedy decoding after `prompt`, the id on the host each token."""
+    out = run(inputs_embeds=prompt, use_cache=True, logits_to_keep=1)
+    cache, logits = out.past_key_values, out.logits
+    sync(args.device)
+    t = time.perf_counter()
+    for _ in range(args.tokens):
+        ids = logits[:, -1].argmax(-1, keepdim=True)
+        ids.item()
+        out = run(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        cache, logits = out.past_key_values, out.logits
+    sync(args.device)
+    return args.tokens / (time.perf_counter() - t)
+
+
+def emit_rate(args, name, run, prompt):
+    first = greedy_rate(args, run, prompt)
+    rates = [greedy_rate(args, run, prompt) for _ in range(args.iters)]
+    emit(args, name, tok_per_s_median=statistics.median(rates), tok_per_s_first=first,
+         tokens=args.tokens, iters=args.iters)
 
 
 SHAPES = {
@@ -159,37 +185,8 @@ def decode(args):
         prompt = torch.randn(1, 280, h, device=args.device, dtype=dtype(args)) * 0.05
         measure(args, f"decode/{args.shape}/prefill/280",
                 lambda: run(inputs_embeds=prompt, use_cache=True, logits_to_keep=1).logits.argmax(-1).item())
-        out = run(inputs_embeds=prompt, use_cache=True, logits_to_keep=1)
-        state = {"cache": out.past_key_values}
-        token = torch.tensor([[872]], device=args.device)
-
-        def step():
-            o = run(input_ids=token, past_key_values=state["cache"], use_cache=True, logits_to_keep=1)
-            state["cache"] = o.past_key_values
-            return o.logits.argmax(-1).item()
-
-        iters = args.iters
-        args.iters = max(iters, 16)
-        measure(args, f"decode/{args.shape}/step", step)
-        args.iters = iters
-
-        def rate():
-            out = run(inputs_embeds=prompt, use_cache=True, logits_to_keep=1)
-            cache, logits = out.past_key_values, out.logits
-            sync(args.device)
-            t = time.perf_counter()
-            for _ in range(args.tokens):
-                ids = logits[:, -1].argmax(-1, keepdim=True)
-                ids.item()
-                out = run(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-                cache, logits = out.past_key_values, out.logits
-            sync(args.device)
-            return args.tokens / (time.perf_counter() - t)
-
-        first = rate()
-        rates = [rate() for _ in range(args.iters)]
-    emit(args, f"decode/{args.shape}/rate", tok_per_s_median=statistics.median(rates), tok_per_s_first=first,
-         tokens=args.tokens, iters=args.iters)
+        measure_step(args, f"decode/{args.shape}/step", run, prompt)
+        emit_rate(args, f"decode/{args.shape}/rate", run, prompt)
 
 
 def pipeline(args):
@@ -213,24 +210,7 @@ def pipeline(args):
     with torch.no_grad():
         measure(args, "pipeline/ttft_1024", first_token)
         embeds = torch.randn(1, 280, 896, device=args.device, dtype=dtype(args)) * 0.05
-
-        def decode():
-            out = run(inputs_embeds=embeds, use_cache=True, logits_to_keep=1)
-            cache, logits = out.past_key_values, out.logits
-            sync(args.device)
-            t = time.perf_counter()
-            for _ in range(args.tokens):
-                ids = logits[:, -1].argmax(-1, keepdim=True)
-                ids.item()
-                out = run(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-                cache, logits = out.past_key_values, out.logits
-            sync(args.device)
-            return args.tokens / (time.perf_counter() - t)
-
-        first = decode()
-        rates = [decode() for _ in range(args.iters)]
-    emit(args, "pipeline/decode", tok_per_s_median=statistics.median(rates), tok_per_s_first=first,
-         tokens=args.tokens, iters=args.iters)
+        emit_rate(args, "pipeline/decode", run, embeds)
     fields = {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}
     if args.device == "cuda":
         fields["peak_device_mib"] = torch.cuda.max_memory_allocated() // (1 << 20)
