@@ -53,8 +53,7 @@ pub fn sync<B: Backend>(device: &B::Device) {
 /// FastVLM-0.5B's language model (Qwen2-0.5B: 24 layers, 896 wide, 14 heads over 2 KV heads,
 /// tied head) with synthetic weights.
 pub fn decoder_05b<B: Backend>(device: &B::Device) -> qwen2_decoder::Qwen2<B> {
-    let config = qwen2_decoder::Qwen2Config::new(896, 4864, 24, 14, 2, 151936)
-        .with_tie_word_embeddings(true);
+    let config = qwen2_shape("0.5b").expect("a known shape");
     let shapes: std::collections::HashMap<String, Vec<usize>> =
         config.checkpoint_tensors().into_iter().collect();
     let mut source = |n: &str| {

@@ -219,27 +219,9 @@ fn run_pipeline<B: Backend>(tag: &Tag, iters: usize, tokens: usize) -> ExitCode 
     // Greedy decoding after the 280-position prompt, one id to the host per token.
     let decoder = &pipeline.decoder;
     let embeds = Tensor::<B, 3>::random([1, 280, 896], Distribution::Normal(0.0, 0.05), &device);
-    let decode = || {
-        let mut cache = decoder.new_cache(1, 280 + tokens + 1, &device).unwrap();
-        let mut logits = decoder.forward_last(embeds.clone(), &mut cache).unwrap();
-        let t = Instant::now();
-        for _ in 0..tokens {
-            let id = logits.argmax(1);
-            let host = id.clone().into_data();
-            drop(host);
-            logits = decoder.forward_last(decoder.embed(id), &mut cache).unwrap();
-        }
-        let _ = logits.into_data();
-        tokens as f64 / t.elapsed().as_secs_f64()
-    };
-    let first = decode();
-    let mut rates: Vec<f64> = (0..iters).map(|_| decode()).collect();
-    rates.sort_by(f64::total_cmp);
-    println!(
-        "{{\"bench\": \"pipeline/decode\", {}, \"tok_per_s_median\": {:.3}, \"tok_per_s_first\": {first:.3}, \"tokens\": {tokens}, \"iters\": {iters}}}",
-        tag.json(),
-        rates[rates.len() / 2]
-    );
+    report_rate(tag, "pipeline/decode", iters, tokens, || {
+        decode_rate(decoder, &embeds, tokens, &device)
+    });
     println!(
         "{{\"bench\": \"pipeline/peak_rss\", {}, \"peak_rss_mib\": {}}}",
         tag.json(),
@@ -267,6 +249,18 @@ fn decode_rate<B: Backend>(
     }
     let _ = logits.into_data();
     tokens as f64 / t.elapsed().as_secs_f64()
+}
+
+/// Runs `rate` once, then `iters` times; prints the median rate and the first apart.
+fn report_rate(tag: &Tag, name: &str, iters: usize, tokens: usize, mut rate: impl FnMut() -> f64) {
+    let first = rate();
+    let mut rates: Vec<f64> = (0..iters).map(|_| rate()).collect();
+    rates.sort_by(f64::total_cmp);
+    println!(
+        "{{\"bench\": \"{name}\", {}, \"tok_per_s_median\": {:.3}, \"tok_per_s_first\": {first:.3}, \"tokens\": {tokens}, \"iters\": {iters}}}",
+        tag.json(),
+        rates[rates.len() / 2]
+    );
 }
 
 fn run_decode<B: Backend>(
@@ -303,16 +297,9 @@ fn run_decode<B: Backend>(
             .unwrap();
         logits.argmax(1).into_data()
     });
-    let first = decode_rate(&decoder, &prompt, tokens, &device);
-    let mut rates: Vec<f64> = (0..iters)
-        .map(|_| decode_rate(&decoder, &prompt, tokens, &device))
-        .collect();
-    rates.sort_by(f64::total_cmp);
-    println!(
-        "{{\"bench\": \"decode/{shape}/rate\", {}, \"tok_per_s_median\": {:.3}, \"tok_per_s_first\": {first:.3}, \"tokens\": {tokens}, \"iters\": {iters}}}",
-        tag.json(),
-        rates[rates.len() / 2]
-    );
+    report_rate(tag, &format!("decode/{shape}/rate"), iters, tokens, || {
+        decode_rate(&decoder, &prompt, tokens, &device)
+    });
     ExitCode::SUCCESS
 }
 
@@ -443,59 +430,40 @@ fn run_profile<B: Backend>(tag: &Tag, iters: usize) -> ExitCode {
         sync();
         y
     });
-    let qkv = |_| Tensor::<B, 4>::random([1, 24, 1024, 32], normal(1.0), &device);
-    let [q, k, v] = [0, 1, 2].map(qkv);
-    measure(tag, "profile/op/attention/24x1024x32", iters, || {
-        let y = attention(
-            q.clone(),
-            k.clone(),
-            v.clone(),
-            None,
-            None,
-            AttentionModuleOptions::default(),
-        );
-        sync();
-        y
-    });
-    // The same attention as two matmuls around a softmax (scores materialised): burn's fused
-    // kernel against its GEMM.
-    measure(
-        tag,
-        "profile/op/attention-as-matmuls/24x1024x32",
-        iters,
-        || {
-            let scores = q.clone().matmul(k.clone().swap_dims(2, 3)) * (1.0 / (32f64).sqrt());
-            let y = burn::tensor::activation::softmax(scores, 3).matmul(v.clone());
+    // burn's fused attention against two matmuls around a softmax (scores materialised), at
+    // stage 3's shape and at a decoding step's (one query over 300 cached positions, 14 heads
+    // of 64).
+    for (label, heads, queries, keys, head_dim) in [
+        ("24x1024x32", 24, 1024, 1024, 32),
+        ("14x1q300kx64", 14, 1, 300, 64),
+    ] {
+        let [q, k, v] = [queries, keys, keys]
+            .map(|n| Tensor::<B, 4>::random([1, heads, n, head_dim], normal(1.0), &device));
+        measure(tag, &format!("profile/op/attention/{label}"), iters, || {
+            let y = attention(
+                q.clone(),
+                k.clone(),
+                v.clone(),
+                None,
+                None,
+                AttentionModuleOptions::default(),
+            );
             sync();
             y
-        },
-    );
-    // A decoding step's attention: one query over 300 cached positions, 14 heads of 64.
-    let [q1, k1, v1] =
-        [1, 300, 300].map(|n| Tensor::<B, 4>::random([1, 14, n, 64], normal(1.0), &device));
-    measure(tag, "profile/op/attention/14x1q300kx64", iters, || {
-        let y = attention(
-            q1.clone(),
-            k1.clone(),
-            v1.clone(),
-            None,
-            None,
-            AttentionModuleOptions::default(),
+        });
+        let scale = 1.0 / (head_dim as f64).sqrt();
+        measure(
+            tag,
+            &format!("profile/op/attention-as-matmuls/{label}"),
+            iters,
+            || {
+                let scores = q.clone().matmul(k.clone().swap_dims(2, 3)) * scale;
+                let y = burn::tensor::activation::softmax(scores, 3).matmul(v.clone());
+                sync();
+                y
+            },
         );
-        sync();
-        y
-    });
-    measure(
-        tag,
-        "profile/op/attention-as-matmuls/14x1q300kx64",
-        iters,
-        || {
-            let scores = q1.clone().matmul(k1.clone().swap_dims(2, 3)) * (1.0 / 8.0);
-            let y = burn::tensor::activation::softmax(scores, 3).matmul(v1.clone());
-            sync();
-            y
-        },
-    );
+    }
     let a = Tensor::<B, 2>::random([4096, 4096], normal(1.0), &device);
     let b = Tensor::<B, 2>::random([4096, 4096], normal(1.0), &device);
     measure(tag, "profile/op/matmul/4096", iters, || {
