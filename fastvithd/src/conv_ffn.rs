@@ -3,6 +3,7 @@ use burn::nn::conv::Conv2d;
 use burn::tensor::activation::gelu;
 use burn::tensor::{Tensor, backend::Backend};
 
+use crate::depthwise::conv_forward;
 use crate::pointwise::Pointwise;
 use crate::weights::{ConvSpec, LoadError, WeightLoader};
 
@@ -83,7 +84,7 @@ impl<B: Backend> ConvFfn<B> {
 
     /// `[batch, dim, h, w]` → `[batch, dim, h, w]`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let x = self.conv.forward(x);
+        let x = conv_forward(&self.conv, x, false);
         let x = gelu(self.fc1.forward(x));
         self.fc2.forward(x)
     }

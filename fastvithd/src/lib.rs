@@ -20,6 +20,7 @@ mod attention;
 mod attention_block;
 mod config;
 mod conv_ffn;
+mod depthwise;
 mod layer_norm_channel;
 mod mobileone;
 mod model;
@@ -30,10 +31,14 @@ mod repmixer;
 mod squeeze_excite;
 mod weights;
 
+#[cfg(feature = "cubecl")]
+mod kernels;
+
 pub use attention::Attention;
 pub use attention_block::AttentionBlock;
 pub use config::FastVitHdConfig;
 pub use conv_ffn::{ConvFfn, fold_batch_norm};
+pub use depthwise::{DepthwiseOptions, depthwise_conv2d, uses_cubecl_kernels};
 pub use layer_norm_channel::LayerNormChannel;
 pub use mobileone::MobileOneBlock;
 pub use model::{FastVitHd, Stage};

@@ -3,6 +3,7 @@ use burn::nn::conv::Conv2d;
 use burn::tensor::activation::gelu;
 use burn::tensor::{Tensor, backend::Backend};
 
+use crate::depthwise::conv_forward;
 use crate::squeeze_excite::SqueezeExcite;
 use crate::weights::{ConvSpec, LoadError, WeightLoader};
 
@@ -37,11 +38,10 @@ impl<B: Backend> MobileOneBlock<B> {
 
     /// `[batch, c_in, h, w]` → `[batch, c_out, h / stride, w / stride]` (rounded up).
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let x = self.reparam_conv.forward(x);
-        let x = match &self.se {
-            Some(se) => se.forward(x),
-            None => x,
-        };
-        gelu(x)
+        match &self.se {
+            // GELU comes after the squeeze-excite, so it cannot join the convolution.
+            Some(se) => gelu(se.forward(conv_forward(&self.reparam_conv, x, false))),
+            None => conv_forward(&self.reparam_conv, x, true),
+        }
     }
 }

@@ -1,8 +1,8 @@
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
-use burn::tensor::activation::gelu;
 use burn::tensor::{Tensor, backend::Backend};
 
+use crate::depthwise::conv_forward;
 use crate::mobileone::MobileOneBlock;
 use crate::weights::{ConvSpec, LoadError, WeightLoader};
 
@@ -38,6 +38,7 @@ impl<B: Backend> PatchEmbed<B> {
 
     /// `[batch, c_in, h, w]` → `[batch, 2·c_in, ⌈h/2⌉, ⌈w/2⌉]`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        self.pointwise.forward(gelu(self.large_kernel.forward(x)))
+        self.pointwise
+            .forward(conv_forward(&self.large_kernel, x, true))
     }
 }

@@ -2,6 +2,7 @@ use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::tensor::{Tensor, backend::Backend};
 
+use crate::depthwise::conv_forward;
 use crate::weights::{ConvSpec, LoadError, WeightLoader};
 
 /// Conditional positional encoding before each attention stage: a depthwise 7×7 conv whose
@@ -25,6 +26,6 @@ impl<B: Backend> RepCpe<B> {
 
     /// `[batch, dim, h, w]` → same shape.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        self.reparam_conv.forward(x)
+        conv_forward(&self.reparam_conv, x, false)
     }
 }

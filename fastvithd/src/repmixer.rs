@@ -3,6 +3,7 @@ use burn::nn::conv::Conv2d;
 use burn::tensor::{Tensor, backend::Backend};
 
 use crate::conv_ffn::ConvFfn;
+use crate::depthwise::conv_forward;
 use crate::weights::{ConvSpec, LoadError, WeightLoader};
 
 /// RepMixer block (stages 0–2), inference form.
@@ -45,7 +46,7 @@ impl<B: Backend> RepMixerBlock<B> {
 
     /// `[batch, dim, h, w]` → `[batch, dim, h, w]`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let t = self.token_mixer.forward(x);
+        let t = conv_forward(&self.token_mixer, x, false);
         t.clone() + self.convffn.forward(t)
     }
 }

@@ -192,3 +192,64 @@ fn batch_norm_folds_into_the_depthwise_conv() {
         "folded BN differs by {diff} (scale {scale})"
     );
 }
+
+/// Every spatial convolution of the network but the stem's first is per-channel, so on the
+/// CubeCL backends all of them take the fused kernel (`depthwise_conv2d`); the options it reads
+/// off each module are the geometry of `mci.py`.
+#[test]
+fn spatial_convolutions_take_the_per_channel_kernel() {
+    use fastvithd::DepthwiseOptions;
+    let config = tiny();
+    let model = load(&config, &checkpoint(&config, fastvithd::APPLE_PREFIX)).unwrap();
+    let opts = |kernel, stride, multiplier, gelu| {
+        Some(DepthwiseOptions {
+            kernel,
+            stride,
+            padding: kernel / 2,
+            multiplier,
+            gelu,
+        })
+    };
+    assert_eq!(
+        DepthwiseOptions::of(&model.stem[0].reparam_conv, true),
+        None
+    );
+    assert_eq!(
+        DepthwiseOptions::of(&model.stem[1].reparam_conv, true),
+        opts(3, 2, 1, true)
+    );
+    for stage in &model.stages {
+        for block in &stage.repmixer_blocks {
+            assert_eq!(
+                DepthwiseOptions::of(&block.token_mixer, false),
+                opts(3, 1, 1, false)
+            );
+            assert_eq!(
+                DepthwiseOptions::of(&block.convffn.conv, false),
+                opts(7, 1, 1, false)
+            );
+        }
+        for block in &stage.attention_blocks {
+            assert_eq!(
+                DepthwiseOptions::of(&block.convffn.conv, false),
+                opts(7, 1, 1, false)
+            );
+        }
+        if let Some(down) = &stage.downsample {
+            assert_eq!(
+                DepthwiseOptions::of(&down.large_kernel, true),
+                opts(7, 2, 2, true)
+            );
+        }
+        if let Some(pos) = &stage.pos_emb {
+            assert_eq!(
+                DepthwiseOptions::of(&pos.reparam_conv, false),
+                opts(7, 1, 1, false)
+            );
+        }
+    }
+    assert_eq!(
+        DepthwiseOptions::of(&model.conv_exp.reparam_conv, false),
+        opts(3, 1, 2, false)
+    );
+}

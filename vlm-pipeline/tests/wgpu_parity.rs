@@ -8,7 +8,7 @@
 mod common;
 
 use burn::backend::Wgpu;
-use burn::tensor::{DType, Tensor};
+use burn::tensor::{DType, Tensor, TensorData};
 use common::wgpu::*;
 use common::{Qwen2Case, qwen2_case, rel_l2};
 use qwen2_decoder::Qwen2;
@@ -63,4 +63,100 @@ fn wgpu_f32_batch2_decoding_step() {
         .unwrap();
     let err = rel_l2(got, want);
     assert!(err <= 1e-4, "batch 2 step: rel-L2 {err:.3e}");
+}
+
+/// FastViTHD's per-channel convolution kernel (`fastvithd::depthwise_conv2d`) against burn's
+/// `conv2d` (+ `gelu`) on the CPU, in every geometry the encoder uses and a few it does not
+/// (batch 2, odd sizes, a strided input), through burn's fusion (a custom operation between
+/// fused ones) and on the bare CubeCL backend.
+#[test]
+fn wgpu_depthwise_kernel_matches_burn() {
+    use burn::backend::Flex;
+    use burn::backend::wgpu::{CubeBackend, WgpuRuntime};
+    use burn::tensor::Distribution;
+    use burn::tensor::activation::gelu;
+    use burn::tensor::module::conv2d;
+    use burn::tensor::ops::ConvOptions;
+    use fastvithd::{DepthwiseOptions, depthwise_conv2d, uses_cubecl_kernels};
+
+    if !adapter(DType::F32) {
+        return;
+    }
+    type Fused = Wgpu<f32>;
+    type Bare = CubeBackend<WgpuRuntime, f32, i32, u32>;
+    assert!(uses_cubecl_kernels::<Fused>() && uses_cubecl_kernels::<Bare>());
+    assert!(!uses_cubecl_kernels::<Flex>());
+
+    fn run<B: burn::tensor::backend::Backend>(
+        x: &TensorData,
+        w: &TensorData,
+        b: &TensorData,
+        options: DepthwiseOptions,
+        transpose: bool,
+    ) -> TensorData {
+        let device = Default::default();
+        let mut x = Tensor::<B, 4>::from_data(x.clone(), &device);
+        if transpose {
+            x = x.swap_dims(2, 3);
+        }
+        // Elementwise work on both sides, so under fusion the kernel sits between fused ops.
+        let x = x * 2.0 - 0.25;
+        let y = depthwise_conv2d(
+            x,
+            Tensor::from_data(w.clone(), &device),
+            Tensor::from_data(b.clone(), &device),
+            options,
+        );
+        (y + 1.0).into_data()
+    }
+
+    let cases = [
+        // (batch, c_in, h, w, kernel, stride, multiplier, gelu, transposed input)
+        (1, 8, 17, 23, 3, 1, 1, false, false), // RepMixer token mixer
+        (2, 8, 16, 16, 7, 1, 1, false, false), // ConvFFN, RepCPE
+        (1, 6, 19, 14, 7, 2, 2, true, false),  // PatchEmbed
+        (1, 4, 33, 32, 3, 2, 1, true, false),  // stem
+        (1, 8, 9, 9, 3, 1, 2, false, false),   // conv_exp
+        (2, 5, 12, 10, 7, 1, 1, true, true),   // strided input
+    ];
+    for (i, &(batch, c, h, w, k, stride, m, act, transpose)) in cases.iter().enumerate() {
+        let options = DepthwiseOptions {
+            kernel: k,
+            stride,
+            padding: k / 2,
+            multiplier: m,
+            gelu: act,
+        };
+        let cpu = Default::default();
+        let shape = if transpose {
+            [batch, c, w, h]
+        } else {
+            [batch, c, h, w]
+        };
+        let x = Tensor::<Flex, 4>::random(shape, Distribution::Normal(0.0, 1.0), &cpu);
+        let wt = Tensor::<Flex, 4>::random([c * m, 1, k, k], Distribution::Normal(0.0, 0.3), &cpu);
+        let b = Tensor::<Flex, 1>::random([c * m], Distribution::Normal(0.0, 0.5), &cpu);
+        let (xd, wd, bd) = (x.to_data(), wt.to_data(), b.to_data());
+
+        let x = if transpose { x.swap_dims(2, 3) } else { x };
+        let want = conv2d(
+            x * 2.0 - 0.25,
+            wt,
+            Some(b),
+            ConvOptions::new([stride; 2], [k / 2; 2], [1, 1], c),
+        );
+        let want = if act { gelu(want) } else { want } + 1.0;
+        assert_eq!(want.dims()[1], c * m);
+        for (backend, got) in [
+            ("fused", run::<Fused>(&xd, &wd, &bd, options, transpose)),
+            ("bare", run::<Bare>(&xd, &wd, &bd, options, transpose)),
+        ] {
+            let got = Tensor::<Flex, 4>::from_data(got, &cpu);
+            let err = rel_l2(got, want.clone());
+            assert!(
+                err <= 1e-5,
+                "case {i} ({options:?}) on {backend}: rel-L2 {err:.3e}"
+            );
+        }
+    }
 }

@@ -1,0 +1,108 @@
+use burn::nn::PaddingConfig2d;
+use burn::nn::conv::Conv2d;
+use burn::tensor::activation::gelu;
+use burn::tensor::module::conv2d;
+use burn::tensor::ops::ConvOptions;
+use burn::tensor::{Tensor, backend::Backend};
+
+/// A per-channel convolution: every output channel reads exactly one input channel
+/// (`groups == c_in`, `c_out = multiplier · c_in`), square kernel, no dilation, the same
+/// padding on every side, a bias, and optionally GELU (exact, erf) on the result.
+///
+/// FastViTHD runs all its spatial mixing through this shape of convolution: the RepMixer
+/// token mixers (3×3), the ConvFFN and RepCPE 7×7s, the stride-2 7×7 of each PatchEmbed
+/// (multiplier 2, GELU), the stem's stride-2 3×3 (GELU) and `conv_exp`'s 3×3 (multiplier 2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DepthwiseOptions {
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: usize,
+    /// Output channels per input channel.
+    pub multiplier: usize,
+    /// GELU (erf form) applied to the biased result inside the same kernel.
+    pub gelu: bool,
+}
+
+impl DepthwiseOptions {
+    /// The options of `conv` when it is a per-channel convolution with a bias, else `None`.
+    pub fn of<B: Backend>(conv: &Conv2d<B>, gelu: bool) -> Option<Self> {
+        let [c_out, in_per_group, kh, kw] = conv.weight.dims();
+        let padding = match conv.padding {
+            PaddingConfig2d::Explicit(t, l, b, r) if t == l && l == b && b == r => t,
+            _ => return None,
+        };
+        let per_channel = in_per_group == 1
+            && c_out % conv.groups == 0
+            && kh == kw
+            && conv.stride[0] == conv.stride[1]
+            && conv.dilation == [1, 1]
+            && conv.bias.is_some();
+        per_channel.then_some(Self {
+            kernel: kh,
+            stride: conv.stride[0],
+            padding,
+            multiplier: c_out / conv.groups,
+            gelu,
+        })
+    }
+
+    /// Output size along one spatial axis of `size` input pixels.
+    pub fn output_size(&self, size: usize) -> usize {
+        (size + 2 * self.padding - self.kernel) / self.stride + 1
+    }
+}
+
+/// Per-channel convolution `[batch, c_in, h, w]` → `[batch, multiplier·c_in, h', w']` with
+/// weight `[multiplier·c_in, 1, k, k]` and bias `[multiplier·c_in]`.
+///
+/// On the CubeCL backends (wgpu, CUDA; with or without fusion) built with this crate's `wgpu`
+/// or `cuda` feature this is one kernel that reads NCHW directly, accumulates in f32 at every
+/// precision and applies the bias and the GELU before writing: burn 0.21's convolution
+/// transposes to NHWC and back around its own kernel and leaves bias and activation to further
+/// launches. Every other backend takes burn's `conv2d` (+ `gelu`).
+pub fn depthwise_conv2d<B: Backend>(
+    x: Tensor<B, 4>,
+    weight: Tensor<B, 4>,
+    bias: Tensor<B, 1>,
+    options: DepthwiseOptions,
+) -> Tensor<B, 4> {
+    #[cfg(feature = "cubecl")]
+    let (x, weight, bias) = match crate::kernels::depthwise_conv2d(x, weight, bias, options) {
+        Ok(y) => return y,
+        Err(unchanged) => unchanged,
+    };
+    let channels = x.dims()[1];
+    let y = conv2d(
+        x,
+        weight,
+        Some(bias),
+        ConvOptions::new([options.stride; 2], [options.padding; 2], [1, 1], channels),
+    );
+    if options.gelu { gelu(y) } else { y }
+}
+
+/// Whether `B` runs FastViTHD's own CubeCL kernels ([`depthwise_conv2d`]) rather than
+/// burn's ops: true on wgpu and CUDA backends when this crate is built with the matching
+/// feature (`wgpu`, `cuda`).
+pub fn uses_cubecl_kernels<B: Backend>() -> bool {
+    #[cfg(feature = "cubecl")]
+    return crate::kernels::available::<B>();
+    #[cfg(not(feature = "cubecl"))]
+    false
+}
+
+/// `conv`, then GELU when `then_gelu`, through [`depthwise_conv2d`] when the convolution is
+/// per-channel and through burn's `Conv2d` otherwise.
+pub(crate) fn conv_forward<B: Backend>(
+    conv: &Conv2d<B>,
+    x: Tensor<B, 4>,
+    then_gelu: bool,
+) -> Tensor<B, 4> {
+    match (DepthwiseOptions::of(conv, then_gelu), &conv.bias) {
+        (Some(options), Some(bias)) => depthwise_conv2d(x, conv.weight.val(), bias.val(), options),
+        _ => {
+            let y = conv.forward(x);
+            if then_gelu { gelu(y) } else { y }
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! The per-channel convolution kernel: NCHW in and out, f32 accumulation, bias and GELU fused.
+
+use burn::tensor::Shape;
+use burn_cubecl::cubecl::{calculate_cube_count_elemwise, prelude::*};
+use burn_cubecl::ops::numeric::empty_device_dtype;
+use burn_cubecl::tensor::CubeTensor;
+use burn_cubecl::{CubeRuntime, kernel::into_contiguous};
+
+use crate::depthwise::DepthwiseOptions;
+
+/// One thread per output element. The kernel geometry is compile-time, so each of FastViTHD's
+/// few (kernel, stride, padding, multiplier, GELU) combinations compiles to its own fully
+/// unrolled kernel.
+#[cube(launch_unchecked)]
+fn depthwise_conv2d_kernel<F: Float>(
+    input: &Tensor<F>,
+    weight: &Tensor<F>,
+    bias: &Tensor<F>,
+    output: &mut Tensor<F>,
+    #[comptime] kernel: usize,
+    #[comptime] stride: usize,
+    #[comptime] padding: usize,
+    #[comptime] multiplier: usize,
+    #[comptime] gelu: bool,
+    #[define(F)] _dtype: StorageType,
+) {
+    if ABSOLUTE_POS >= output.len() {
+        terminate!();
+    }
+    let out_w = output.shape(3);
+    let out_h = output.shape(2);
+    let out_c = output.shape(1);
+    let ox = ABSOLUTE_POS % out_w;
+    let oy = (ABSOLUTE_POS / out_w) % out_h;
+    let oc = (ABSOLUTE_POS / (out_w * out_h)) % out_c;
+    let n = ABSOLUTE_POS / (out_w * out_h * out_c);
+
+    let height = input.shape(2);
+    let width = input.shape(3);
+    let in_base = n * input.stride(0) + (oc / multiplier) * input.stride(1);
+    let w_base = oc * weight.stride(0);
+
+    let mut acc = f32::cast_from(bias[oc]);
+    // Rows and columns are offset by `padding` so the bounds checks stay unsigned.
+    let y0 = oy * stride;
+    let x0 = ox * stride;
+    #[unroll]
+    for ky in 0..kernel {
+        let iy = y0 + ky;
+        if iy >= padding && iy < height + padding {
+            let row = in_base + (iy - padding) * input.stride(2);
+            #[unroll]
+            for kx in 0..kernel {
+                let ix = x0 + kx;
+                if ix >= padding && ix < width + padding {
+                    let pixel = f32::cast_from(input[row + (ix - padding) * input.stride(3)]);
+                    let tap = f32::cast_from(weight[w_base + ky * weight.stride(2) + kx]);
+                    acc += pixel * tap;
+                }
+            }
+        }
+    }
+    if gelu {
+        acc = acc * 0.5 * (1.0 + Erf::erf(acc * core::f32::consts::FRAC_1_SQRT_2));
+    }
+    output[ABSOLUTE_POS] = F::cast_from(acc);
+}
+
+/// Launches the kernel on CubeCL tensors of one runtime: `x` `[batch, c_in, h, w]` (any
+/// strides), `weight` `[multiplier·c_in, 1, k, k]`, `bias` `[multiplier·c_in]`.
+pub(crate) fn launch<R: CubeRuntime>(
+    x: CubeTensor<R>,
+    weight: CubeTensor<R>,
+    bias: CubeTensor<R>,
+    options: DepthwiseOptions,
+) -> CubeTensor<R> {
+    // The kernel indexes the taps of a row contiguously.
+    let weight = into_contiguous(weight);
+    let bias = into_contiguous(bias);
+    let [batch, c_in, h, w] = x.meta.shape().dims();
+    let out_shape = Shape::new([
+        batch,
+        c_in * options.multiplier,
+        options.output_size(h),
+        options.output_size(w),
+    ]);
+    let output = empty_device_dtype(x.client.clone(), x.device.clone(), out_shape, x.dtype);
+
+    let units = output.meta.num_elements();
+    let cube_dim = CubeDim::new(&x.client, units);
+    let cube_count = calculate_cube_count_elemwise(&x.client, units, cube_dim);
+    let dtype = output.dtype.into();
+    // SAFETY: every thread returns before touching memory unless its index is inside
+    // `output`; its input and weight indices follow from the shapes checked by the caller
+    // (`depthwise_conv2d` in `kernels`).
+    unsafe {
+        depthwise_conv2d_kernel::launch_unchecked(
+            &output.client,
+            cube_count,
+            cube_dim,
+            x.into_tensor_arg(),
+            weight.into_tensor_arg(),
+            bias.into_tensor_arg(),
+            output.clone().into_tensor_arg(),
+            options.kernel,
+            options.stride,
+            options.padding,
+            options.multiplier,
+            options.gelu,
+            dtype,
+        )
+    };
+    output
+}
