@@ -46,6 +46,33 @@ impl DepthwiseOptions {
         })
     }
 
+    /// Whether the tensors are the per-channel convolution these options describe, in a float
+    /// type the kernel reads (otherwise burn's op runs, and reports any mismatch).
+    #[cfg(feature = "cubecl")]
+    fn fits<B: Backend>(
+        &self,
+        x: &Tensor<B, 4>,
+        weight: &Tensor<B, 4>,
+        bias: &Tensor<B, 1>,
+    ) -> bool {
+        use burn::tensor::DType;
+        let [_, c_in, h, w] = x.dims();
+        let [c_out, in_per_group, kh, kw] = weight.dims();
+        let float = matches!(x.dtype(), DType::F32 | DType::F16 | DType::BF16);
+        in_per_group == 1
+            && kh == self.kernel
+            && kw == self.kernel
+            && self.stride > 0
+            && self.multiplier > 0
+            && c_out == c_in * self.multiplier
+            && bias.dims() == [c_out]
+            && h + 2 * self.padding >= self.kernel
+            && w + 2 * self.padding >= self.kernel
+            && float
+            && x.dtype() == weight.dtype()
+            && x.dtype() == bias.dtype()
+    }
+
     /// Output size along one spatial axis of `size` input pixels.
     pub fn output_size(&self, size: usize) -> usize {
         (size + 2 * self.padding - self.kernel) / self.stride + 1
@@ -67,9 +94,28 @@ pub fn depthwise_conv2d<B: Backend>(
     options: DepthwiseOptions,
 ) -> Tensor<B, 4> {
     #[cfg(feature = "cubecl")]
-    let (x, weight, bias) = match crate::kernels::depthwise_conv2d(x, weight, bias, options) {
-        Ok(y) => return y,
-        Err(unchanged) => unchanged,
+    let (x, weight, bias) = if options.fits(&x, &weight, &bias) {
+        use burn::tensor::TensorPrimitive;
+        let kernel = crate::kernels::DepthwiseConv2d(options);
+        let inputs = vec![
+            x.into_primitive().tensor(),
+            weight.into_primitive().tensor(),
+            bias.into_primitive().tensor(),
+        ];
+        match crate::kernels::run::<B, _>(&kernel, inputs) {
+            Ok(y) => return Tensor::from_primitive(TensorPrimitive::Float(y)),
+            Err(inputs) => {
+                let [x, w, b]: [_; 3] = inputs.try_into().expect("the three inputs come back");
+                let float = |p| TensorPrimitive::Float(p);
+                (
+                    Tensor::from_primitive(float(x)),
+                    Tensor::from_primitive(float(w)),
+                    Tensor::from_primitive(float(b)),
+                )
+            }
+        }
+    } else {
+        (x, weight, bias)
     };
     let channels = x.dims()[1];
     let y = conv2d(

@@ -6,6 +6,7 @@ use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{CubeRuntime, kernel::into_contiguous};
 
+use super::CubeKernel;
 use crate::depthwise::DepthwiseOptions;
 
 /// One thread per output element. The kernel geometry is compile-time, so each of FastViTHD's
@@ -66,49 +67,61 @@ fn depthwise_conv2d_kernel<F: Float>(
     output[ABSOLUTE_POS] = F::cast_from(acc);
 }
 
-/// Launches the kernel on CubeCL tensors of one runtime: `x` `[batch, c_in, h, w]` (any
-/// strides), `weight` `[multiplier·c_in, 1, k, k]`, `bias` `[multiplier·c_in]`.
-pub(crate) fn launch<R: CubeRuntime>(
-    x: CubeTensor<R>,
-    weight: CubeTensor<R>,
-    bias: CubeTensor<R>,
-    options: DepthwiseOptions,
-) -> CubeTensor<R> {
-    // The kernel indexes the taps of a row contiguously.
-    let weight = into_contiguous(weight);
-    let bias = into_contiguous(bias);
-    let [batch, c_in, h, w] = x.meta.shape().dims();
-    let out_shape = Shape::new([
-        batch,
-        c_in * options.multiplier,
-        options.output_size(h),
-        options.output_size(w),
-    ]);
-    let output = empty_device_dtype(x.client.clone(), x.device.clone(), out_shape, x.dtype);
+/// The per-channel convolution of [`DepthwiseOptions`]: inputs `[x, weight, bias]` with `x`
+/// `[batch, c_in, h, w]` (any strides), `weight` `[multiplier·c_in, 1, k, k]`, `bias`
+/// `[multiplier·c_in]`; output `[batch, multiplier·c_in, h', w']`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DepthwiseConv2d(pub DepthwiseOptions);
 
-    let units = output.meta.num_elements();
-    let cube_dim = CubeDim::new(&x.client, units);
-    let cube_count = calculate_cube_count_elemwise(&x.client, units, cube_dim);
-    let dtype = output.dtype.into();
-    // SAFETY: every thread returns before touching memory unless its index is inside
-    // `output`; its input and weight indices follow from the shapes checked by the caller
-    // (`depthwise_conv2d` in `kernels`).
-    unsafe {
-        depthwise_conv2d_kernel::launch_unchecked(
-            &output.client,
-            cube_count,
-            cube_dim,
-            x.into_tensor_arg(),
-            weight.into_tensor_arg(),
-            bias.into_tensor_arg(),
-            output.clone().into_tensor_arg(),
-            options.kernel,
-            options.stride,
-            options.padding,
-            options.multiplier,
-            options.gelu,
-            dtype,
-        )
-    };
-    output
+impl CubeKernel for DepthwiseConv2d {
+    const NAME: &'static str = "fastvithd_depthwise_conv2d";
+
+    fn output_shape(&self, inputs: &[Shape]) -> Shape {
+        let [batch, c_in, h, w] = inputs[0].dims();
+        let options = self.0;
+        Shape::new([
+            batch,
+            c_in * options.multiplier,
+            options.output_size(h),
+            options.output_size(w),
+        ])
+    }
+
+    fn launch<R: CubeRuntime>(&self, inputs: Vec<CubeTensor<R>>) -> CubeTensor<R> {
+        let [x, weight, bias]: [CubeTensor<R>; 3] = inputs
+            .try_into()
+            .expect("the depthwise convolution takes x, weight and bias");
+        let options = self.0;
+        // The kernel indexes the taps of a row contiguously.
+        let weight = into_contiguous(weight);
+        let bias = into_contiguous(bias);
+        let out_shape = self.output_shape(&[x.meta.shape().clone()]);
+        let output = empty_device_dtype(x.client.clone(), x.device.clone(), out_shape, x.dtype);
+
+        let units = output.meta.num_elements();
+        let cube_dim = CubeDim::new(&x.client, units);
+        let cube_count = calculate_cube_count_elemwise(&x.client, units, cube_dim);
+        let dtype = output.dtype.into();
+        // SAFETY: every thread returns before touching memory unless its index is inside
+        // `output`; its input and weight indices follow from the shapes, checked by
+        // `depthwise_conv2d` before the kernel is chosen.
+        unsafe {
+            depthwise_conv2d_kernel::launch_unchecked(
+                &output.client,
+                cube_count,
+                cube_dim,
+                x.into_tensor_arg(),
+                weight.into_tensor_arg(),
+                bias.into_tensor_arg(),
+                output.clone().into_tensor_arg(),
+                options.kernel,
+                options.stride,
+                options.padding,
+                options.multiplier,
+                options.gelu,
+                dtype,
+            )
+        };
+        output
+    }
 }
