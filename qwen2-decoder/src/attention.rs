@@ -41,15 +41,70 @@ impl<B: Backend> Qwen2Attention<B> {
 
         let (k, v) = cache.append(start, k, v);
         let len = start + n;
+        let out = if n == 1 {
+            self.attend_one(q, k, v, len)
+        } else {
+            self.attend(q, k, v, len)
+        };
+        self.o_proj
+            .forward(out.swap_dims(1, 2).reshape([batch, n, hidden]))
+    }
+
+    /// Queries `[batch, heads, n, head_dim]` over the first `len` cached positions (causal
+    /// when `n > 1`) through burn's attention, the kv heads repeated per query group.
+    fn attend(
+        &self,
+        q: Tensor<B, 4>,
+        k: Tensor<B, 4>,
+        v: Tensor<B, 4>,
+        len: usize,
+    ) -> Tensor<B, 4> {
         let (k, v) = (self.repeat_kv(k, len), self.repeat_kv(v, len));
         // burn aligns the causal mask bottom-right: the n queries are the last n of the keys.
         let options = AttentionModuleOptions {
-            is_causal: n > 1,
+            is_causal: q.dims()[2] > 1,
             ..Default::default()
         };
-        let out = attention(q, k, v, None, None, options);
-        self.o_proj
-            .forward(out.swap_dims(1, 2).reshape([batch, n, hidden]))
+        attention(q, k, v, None, None, options)
+    }
+
+    /// One query position (a decoding step) over the first `len` cached positions. On the
+    /// CubeCL backends one kernel reads the cache in place (burn 0.21's attention at one
+    /// position is about a dozen launches on wgpu, plus two copies for the repeated kv heads);
+    /// elsewhere [`Self::attend`].
+    fn attend_one(
+        &self,
+        q: Tensor<B, 4>,
+        k: Tensor<B, 4>,
+        v: Tensor<B, 4>,
+        len: usize,
+    ) -> Tensor<B, 4> {
+        // One thread per channel: within every backend's workgroup limit (256 on wgpu).
+        #[cfg(feature = "cubecl")]
+        let (q, k, v) = if self.head_dim > 256 {
+            (q, k, v)
+        } else {
+            use burn::tensor::TensorPrimitive;
+            let kernel = crate::kernels::DecodeAttention {
+                len,
+                group: self.num_heads / self.num_kv_heads,
+            };
+            let inputs = vec![q, k, v]
+                .into_iter()
+                .map(|t| t.into_primitive().tensor())
+                .collect();
+            match crate::kernels::run::<B, _>(&kernel, inputs) {
+                Ok(out) => return Tensor::from_primitive(TensorPrimitive::Float(out)),
+                Err(inputs) => {
+                    let mut t = inputs
+                        .into_iter()
+                        .map(|p| Tensor::from_primitive(TensorPrimitive::Float(p)));
+                    let mut next = || t.next().expect("the three inputs come back");
+                    (next(), next(), next())
+                }
+            }
+        };
+        self.attend(q, k, v, len)
     }
 
     /// The first `len` positions of a cache buffer `[batch, kv_heads, capacity, d]` as
@@ -69,4 +124,14 @@ impl<B: Backend> Qwen2Attention<B> {
             .narrow(3, 0, len)
             .reshape([b, kvh * group, len, d])
     }
+}
+
+/// Whether `B` runs this crate's CubeCL kernels (a decoding step's attention) rather than
+/// burn's ops: true on wgpu and CUDA backends when this crate is built with the matching
+/// feature (`wgpu`, `cuda`).
+pub fn uses_cubecl_kernels<B: Backend>() -> bool {
+    #[cfg(feature = "cubecl")]
+    return crate::kernels::available::<B>();
+    #[cfg(not(feature = "cubecl"))]
+    false
 }

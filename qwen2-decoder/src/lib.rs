@@ -26,7 +26,10 @@ mod rotary;
 pub mod vocab;
 mod weights;
 
-pub use attention::Qwen2Attention;
+#[cfg(feature = "cubecl")]
+mod kernels;
+
+pub use attention::{Qwen2Attention, uses_cubecl_kernels};
 pub use cache::KvCache;
 pub use config::Qwen2Config;
 pub use layer::Qwen2DecoderLayer;
