@@ -93,6 +93,9 @@ log "kernel cache $FASTVLM_KERNEL_CACHE, autotune level $CUBECL_AUTOTUNE_LEVEL"
 cd "$WORK"
 
 ours() { set -o pipefail; "$BENCH" "$@" 2> >(tee -a "$WORK/ours.err" | grep --line-buffered "first call" >> "$OUT/run.log") | tee -a "$OUT/bench.jsonl"; }
+# The same with every op on burn's kernels (FASTVLM_CUBECL_KERNELS=off): lines tagged
+# "kernels": "burn", beside the default run's "kernels": "cubecl".
+ours_burn() { FASTVLM_CUBECL_KERNELS=off ours "$@"; }
 torch_ref() {
   set -o pipefail
   ( cd "$HERE/python" && "$PY" bench_reference.py "$@" --device cuda 2>> "$WORK/torch.err" ) | tee -a "$OUT/bench.jsonl"
@@ -105,7 +108,7 @@ check() {
   step "predict $b $d" 150 "$CLI" predict --model-path "$CKPT" --image-file "$IMG" --backend "$b" --dtype "$d" \
     --temperature 0 --max-new-tokens 32 --json > "$WORK/predict-$b-$d-1.json" 2>> "$WORK/cli.log"
 }
-export -f ours torch_ref
+export -f ours ours_burn torch_ref
 export BENCH WORK OUT HERE PY
 first=${COMBOS%% *}
 rest=${COMBOS#"$first"}
@@ -119,6 +122,10 @@ check "$first"
 if [ -z "${SKIP_BENCH:-}" ]; then
   step "torch pipeline bf16" 60 torch_ref pipeline --dtype bf16 --iters 5 --tokens 64
   step "torch encoder bf16" 30 torch_ref encoder --res 1024 --dtype bf16 --iters 20
+  # Our CubeCL kernels against burn's ops, and how many kernels each launches per forward.
+  step "ours pipeline bf16, burn's ops" 90 ours_burn pipeline --backend cuda --dtype bf16 --iters 5 --tokens 64
+  step "ours launches bf16" 60 ours launches --backend cuda --dtype bf16 --res 1024
+  step "ours launches bf16, burn's ops" 60 ours_burn launches --backend cuda --dtype bf16 --res 1024
   step "ours decode 7b bf16" 120 ours decode --shape 7b --backend cuda --dtype bf16 --iters 3 --tokens 64
   step "torch decode 7b bf16" 60 torch_ref decode --shape 7b --dtype bf16 --iters 3 --tokens 64
 fi

@@ -30,9 +30,13 @@ def load(run):
     return lines, card
 
 
-def find(lines, bench, impl, dtype):
+def find(lines, bench, impl, dtype, kernels=None):
+    """The line of `bench`; for ours, the run with our CubeCL kernels unless `kernels` says
+    "burn" (FASTVLM_CUBECL_KERNELS=off)."""
     for l in lines:
         if l["bench"] == bench and l["impl"] == impl and l["dtype"] == dtype:
+            if impl == "ours" and (l.get("kernels") == "burn") != (kernels == "burn"):
+                continue
             return l
     return None
 
@@ -61,10 +65,11 @@ def render(lines, card, commit):
             ("7B-shaped step (one token, 280 cached), bf16", "decode/7b/step", "ms_median", "", "bf16"),
             ("7B-shaped prefill of 280, bf16", "decode/7b/prefill/280", "ms_median", "", "bf16"),
             ("FastViTHD 1024², f32", "encoder/1024", "ms_median", "", "f32")]
-    out += ["| measurement | target | ours | ours, first call | PyTorch eager | PyTorch compiled | ours / PyTorch eager |",
-            "|---|---|---|---|---|---|---|"]
+    out += ["| measurement | target | ours | ours, first call | ours, burn's ops | PyTorch eager | PyTorch compiled | ours / PyTorch eager |",
+            "|---|---|---|---|---|---|---|---|"]
     for label, bench, key, target, dt in rows:
         o = find(lines, bench, "ours", dt)
+        b = find(lines, bench, "ours", dt, kernels="burn")
         p = find(lines, bench, "pytorch", dt)
         c = find(lines, bench, "pytorch-compile", dt)
         rate = key.startswith("tok")
@@ -74,7 +79,7 @@ def render(lines, card, commit):
         ratio = "–"
         if ov and pv:
             ratio = f"{(pv / ov if rate else ov / pv):.2f}" + (" (PyTorch's rate ÷ ours)" if rate else "")
-        out.append(f"| {label} | {target} | {fmt(ov)} | {fmt(field(o, first_key))} | {fmt(pv)} | "
+        out.append(f"| {label} | {target} | {fmt(ov)} | {fmt(field(o, first_key))} | {fmt(field(b, key))} | {fmt(pv)} | "
                    f"{fmt(field(c, key))} | {ratio} |")
     prof = [l for l in lines if l["bench"].startswith("profile/") and l["impl"] == "ours"]
     if prof:
@@ -83,6 +88,17 @@ def render(lines, card, commit):
         for l in prof:
             out.append(f"| `{l['bench'][len('profile/'):]}` | {ms(l['ms_median'])} | {ms(l['ms_min'])} | "
                        f"{ms(l['ms_first'])} |")
+    launches = [l for l in lines if l["bench"].startswith("launches/") and l["impl"] == "ours"]
+    if launches:
+        out += ["", "Kernel launches per forward (`fastvlm-bench launches`, CubeCL's execution log):", "",
+                "| forward | ours | burn's ops | kinds (ours) |", "|---|---|---|---|"]
+        for l in launches:
+            if l.get("kernels") == "burn":
+                continue
+            b = find(lines, l["bench"], "ours", l["dtype"], kernels="burn")
+            kinds = ", ".join(f"{k} {n}" for k, n in l.get("by_kind", {}).items())
+            out.append(f"| `{l['bench'][len('launches/'):]}` | {l['launches']} | "
+                       f"{field(b, 'launches') or '–'} | {kinds} |")
     return "\n".join(out)
 
 

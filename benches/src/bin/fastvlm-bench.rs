@@ -10,6 +10,9 @@
 //!                        prefill/280, step, decode tok/s with weights drawn on the device
 //! fastvlm-bench profile  [--iters 5]            where the time goes: a sync, the encoder's
 //!                        parts at 1024², single ops at their shapes, a 0.5B step's parts
+//! fastvlm-bench launches [--res 256] [--shape 0.5b] [--prompt 16] [--only encoder|decode]
+//!                        kernels launched by one encoder forward, one prefill and one
+//!                        decoding step, by kind (GPU backends only)
 //!   all take [--backend cpu|wgpu|cuda] [--dtype f32|f16|bf16] (defaults as vlm-cli's)
 //! ```
 //! Every line carries the first call's time apart (kernel compilation and autotuning on GPUs)
@@ -39,6 +42,9 @@ fn flag(args: &[String], name: &str) -> Option<String> {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     // Before any device is touched: CubeCL reads its configuration once.
+    if args.first().is_some_and(|a| a == "launches") {
+        launch_log::start();
+    }
     backend::keep_compiled_kernels();
     let backend_name =
         flag(&args, "--backend").unwrap_or_else(|| backend::compiled()[0].to_string());
@@ -78,9 +84,11 @@ fn run<B: Backend>(args: &[String], backend_name: &str) -> ExitCode {
         .max(1);
     let device = B::Device::default();
     let dtype = format!("{:?}", Tensor::<B, 1>::zeros([1], &device).dtype()).to_lowercase();
+    let cubecl = fastvithd::uses_cubecl_kernels::<B>() || qwen2_decoder::uses_cubecl_kernels::<B>();
     let tag = Tag {
         backend: backend_name.to_string(),
         dtype,
+        kernels: if cubecl { "cubecl" } else { "burn" },
     };
     match args.first().map(String::as_str) {
         Some("encoder") => {
@@ -113,9 +121,28 @@ fn run<B: Backend>(args: &[String], backend_name: &str) -> ExitCode {
             run_decode::<B>(&tag, &shape, &config, block, iters, tokens)
         }
         Some("profile") => run_profile::<B>(&tag, iters),
+        Some("launches") => {
+            let res = flag(args, "--res")
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(256);
+            let shape = flag(args, "--shape").unwrap_or_else(|| "0.5b".into());
+            let Some(config) = qwen2_shape(&shape) else {
+                eprintln!("error: unknown --shape `{shape}` (0.5b, 1.5b, 7b)");
+                return ExitCode::FAILURE;
+            };
+            let prompt = flag(args, "--prompt")
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(16);
+            let only = flag(args, "--only");
+            let parts = (
+                only.as_deref() != Some("decode"),
+                only.as_deref() != Some("encoder"),
+            );
+            run_launches::<B>(&tag, parts, res, &shape, &config, prompt)
+        }
         _ => {
             eprintln!(
-                "usage: fastvlm-bench encoder|decoder|pipeline|decode|profile [--iters N] [--res R,…] [--tokens N] [--shape S] [--backend B] [--dtype D]"
+                "usage: fastvlm-bench encoder|decoder|pipeline|decode|profile|launches [--iters N] [--res R,…] [--tokens N] [--shape S] [--backend B] [--dtype D]"
             );
             ExitCode::FAILURE
         }
@@ -126,13 +153,16 @@ fn run<B: Backend>(args: &[String], backend_name: &str) -> ExitCode {
 struct Tag {
     backend: String,
     dtype: String,
+    /// `cubecl` where the models run their own CubeCL kernels, `burn` where burn's ops do all
+    /// (CPU backends, or `FASTVLM_CUBECL_KERNELS=off`).
+    kernels: &'static str,
 }
 
 impl Tag {
     fn json(&self) -> String {
         format!(
-            "\"impl\": \"ours\", \"backend\": \"{}\", \"dtype\": \"{}\"",
-            self.backend, self.dtype
+            "\"impl\": \"ours\", \"backend\": \"{}\", \"dtype\": \"{}\", \"kernels\": \"{}\"",
+            self.backend, self.dtype, self.kernels
         )
     }
 }
@@ -517,6 +547,165 @@ fn run_profile<B: Backend>(tag: &Tag, iters: usize) -> ExitCode {
 }
 
 /// Peak resident set size of this process (VmHWM), KiB.
+/// Kernel launches, counted from CubeCL's execution log (profiling level `minimal`: one line
+/// per launch, no timing, no sync), so a GPU-independent property of the graph: how many
+/// kernels burn's fusion and ours leave per forward. At the ~45 µs a launch measured on the
+/// H200 through burn's path, it bounds the decoding rate before any arithmetic. The counts do
+/// not depend on the prompt's length (`prompt` positions, short so that a CPU Vulkan driver
+/// gets through the 0.5B prefill).
+fn run_launches<B: Backend>(
+    tag: &Tag,
+    (encoder_part, decode_part): (bool, bool),
+    res: usize,
+    shape: &str,
+    config: &qwen2_decoder::Qwen2Config,
+    prompt_len: usize,
+) -> ExitCode {
+    if !launch_log::active() {
+        eprintln!("error: `launches` counts CubeCL kernels: use --backend wgpu or cuda");
+        return ExitCode::FAILURE;
+    }
+    let device: B::Device = Default::default();
+    let sync = || sync::<B>(&device);
+    let report = |name: &str, launches: Vec<String>| {
+        let mut kinds: Vec<(String, usize)> = Vec::new();
+        for kind in launches.iter().map(|l| launch_log::kind(l)) {
+            match kinds.iter_mut().find(|(k, _)| *k == kind) {
+                Some((_, n)) => *n += 1,
+                None => kinds.push((kind, 1)),
+            }
+        }
+        kinds.sort_by(|a, b| b.1.cmp(&a.1));
+        let by_kind: Vec<String> = kinds
+            .iter()
+            .map(|(k, n)| format!("\"{}\": {n}", k.replace('"', "'")))
+            .collect();
+        println!(
+            "{{\"bench\": \"{name}\", {}, \"launches\": {}, \"by_kind\": {{{}}}}}",
+            tag.json(),
+            launches.len(),
+            by_kind.join(", ")
+        );
+    };
+
+    if encoder_part {
+        let model = encoder::<B>(&device);
+        let x = image::<B>(res, &device);
+        // The first forward compiles and autotunes (autotuning launches candidates): count
+        // the second.
+        drop(model.forward(x.clone()));
+        let launches = launch_log::during(sync, || drop(model.forward(x.clone())));
+        report(&format!("launches/encoder/{res}"), launches);
+    }
+    if !decode_part {
+        return ExitCode::SUCCESS;
+    }
+
+    let decoder = decoder_random::<B>(config, vocab_block_bytes::<B>(), &device);
+    let h = config.hidden_size;
+    let prompt =
+        Tensor::<B, 3>::random([1, prompt_len, h], Distribution::Normal(0.0, 0.05), &device);
+    let prefill = || {
+        let mut cache = decoder.new_cache(1, prompt_len + 8, &device).unwrap();
+        let logits = decoder.forward_last(prompt.clone(), &mut cache).unwrap();
+        (logits.argmax(1).into_data(), cache)
+    };
+    drop(prefill());
+    let launches = launch_log::during(sync, || drop(prefill()));
+    report(
+        &format!("launches/decode/{shape}/prefill/{prompt_len}"),
+        launches,
+    );
+
+    let (_, mut cache) = prefill();
+    let token = Tensor::<B, 2, Int>::from_data(TensorData::new(vec![872i64], [1, 1]), &device);
+    let mut step = || {
+        let logits = decoder
+            .forward_last(decoder.embed(token.clone()), &mut cache)
+            .unwrap();
+        drop(logits.argmax(1).into_data());
+    };
+    step();
+    step();
+    let launches = launch_log::during(sync, step);
+    report(&format!("launches/decode/{shape}/step"), launches);
+    ExitCode::SUCCESS
+}
+
+/// The vocabulary block size the pipeline would use on `B`.
+fn vocab_block_bytes<B: Backend>() -> usize {
+    vlm_pipeline::fastvlm::vocab_block_bytes::<B>(&Default::default())
+}
+
+/// CubeCL's kernel execution log, for `launches`.
+mod launch_log {
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    fn path() -> PathBuf {
+        std::env::temp_dir().join(format!("fastvlm-launches-{}.log", std::process::id()))
+    }
+
+    /// Sends one line per kernel launch to [`path`]; call before any device is touched.
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    pub fn start() {
+        use burn::cubecl::config::profiling::ProfilingLogLevel;
+        use burn::cubecl::config::{CubeClRuntimeConfig, RuntimeConfig};
+        let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();
+        config.profiling.logger.level = ProfilingLogLevel::Minimal;
+        config.profiling.logger.file = Some(path());
+        config.profiling.logger.append = false;
+        CubeClRuntimeConfig::set(config);
+    }
+
+    #[cfg(not(any(feature = "wgpu", feature = "cuda")))]
+    pub fn start() {}
+
+    pub fn active() -> bool {
+        cfg!(any(feature = "wgpu", feature = "cuda"))
+    }
+
+    fn lines() -> Vec<String> {
+        std::fs::read_to_string(path())
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with("Executing"))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// The log's lines once it has stopped growing (it is written by a background task).
+    fn settled() -> Vec<String> {
+        let mut last = lines();
+        loop {
+            std::thread::sleep(Duration::from_millis(300));
+            let now = lines();
+            if now.len() == last.len() {
+                return now;
+            }
+            last = now;
+        }
+    }
+
+    /// The launches `f` makes (`sync` before and after).
+    pub fn during(sync: impl Fn(), f: impl FnOnce()) -> Vec<String> {
+        sync();
+        let before = settled().len();
+        f();
+        sync();
+        settled().split_off(before)
+    }
+
+    /// A launch's kernel without its type parameters: `Executing fused_matmul<…>` → `fused_matmul`.
+    pub fn kind(line: &str) -> String {
+        let name = line.trim_start_matches("Executing").trim();
+        name.split(['<', '(', ' '])
+            .next()
+            .unwrap_or(name)
+            .to_string()
+    }
+}
+
 fn peak_rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .unwrap_or_default()
