@@ -598,6 +598,7 @@ fn run_launches<B: Backend>(
         report(&format!("launches/encoder/{res}"), launches);
     }
     if !decode_part {
+        launch_log::remove();
         return ExitCode::SUCCESS;
     }
 
@@ -629,6 +630,7 @@ fn run_launches<B: Backend>(
     step();
     let launches = launch_log::during(sync, step);
     report(&format!("launches/decode/{shape}/step"), launches);
+    launch_log::remove();
     ExitCode::SUCCESS
 }
 
@@ -660,6 +662,11 @@ mod launch_log {
 
     #[cfg(not(any(feature = "wgpu", feature = "cuda")))]
     pub fn start() {}
+
+    /// Deletes the log (one line per launch: megabytes per run).
+    pub fn remove() {
+        let _ = std::fs::remove_file(path());
+    }
 
     pub fn active() -> bool {
         cfg!(any(feature = "wgpu", feature = "cuda"))
