@@ -94,29 +94,13 @@ pub fn depthwise_conv2d<B: Backend>(
     options: DepthwiseOptions,
 ) -> Tensor<B, 4> {
     #[cfg(feature = "cubecl")]
-    let (x, weight, bias) = if options.fits(&x, &weight, &bias) {
-        use burn::tensor::TensorPrimitive;
-        let kernel = crate::kernels::DepthwiseConv2d(options);
-        let inputs = vec![
-            x.into_primitive().tensor(),
-            weight.into_primitive().tensor(),
-            bias.into_primitive().tensor(),
-        ];
-        match crate::kernels::run::<B, _>(&kernel, inputs) {
-            Ok(y) => return Tensor::from_primitive(TensorPrimitive::Float(y)),
-            Err(inputs) => {
-                let [x, w, b]: [_; 3] = inputs.try_into().expect("the three inputs come back");
-                let float = |p| TensorPrimitive::Float(p);
-                (
-                    Tensor::from_primitive(float(x)),
-                    Tensor::from_primitive(float(w)),
-                    Tensor::from_primitive(float(b)),
-                )
-            }
-        }
-    } else {
-        (x, weight, bias)
-    };
+    if crate::kernels::available::<B>() && options.fits(&x, &weight, &bias) {
+        use crate::kernels::{DepthwiseConv2d, float, run};
+        return run(
+            &DepthwiseConv2d(options),
+            vec![float(x), float(weight), float(bias)],
+        );
+    }
     let channels = x.dims()[1];
     let y = conv2d(
         x,

@@ -81,29 +81,14 @@ impl<B: Backend> Qwen2Attention<B> {
     ) -> Tensor<B, 4> {
         // One thread per channel: within every backend's workgroup limit (256 on wgpu).
         #[cfg(feature = "cubecl")]
-        let (q, k, v) = if self.head_dim > 256 {
-            (q, k, v)
-        } else {
-            use burn::tensor::TensorPrimitive;
-            let kernel = crate::kernels::DecodeAttention {
+        if self.head_dim <= 256 && crate::kernels::available::<B>() {
+            use crate::kernels::{DecodeAttention, float, run};
+            let kernel = DecodeAttention {
                 len,
                 group: self.num_heads / self.num_kv_heads,
             };
-            let inputs = vec![q, k, v]
-                .into_iter()
-                .map(|t| t.into_primitive().tensor())
-                .collect();
-            match crate::kernels::run::<B, _>(&kernel, inputs) {
-                Ok(out) => return Tensor::from_primitive(TensorPrimitive::Float(out)),
-                Err(inputs) => {
-                    let mut t = inputs
-                        .into_iter()
-                        .map(|p| Tensor::from_primitive(TensorPrimitive::Float(p)));
-                    let mut next = || t.next().expect("the three inputs come back");
-                    (next(), next(), next())
-                }
-            }
-        };
+            return run(&kernel, vec![float(q), float(k), float(v)]);
+        }
         self.attend(q, k, v, len)
     }
 

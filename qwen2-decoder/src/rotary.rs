@@ -54,22 +54,17 @@ impl RotaryEmbedding {
         // On the CubeCL backends one kernel (the concatenation below is two launches, the
         // arithmetic one or two more).
         #[cfg(feature = "cubecl")]
-        let x = if d % 2 == 0 && cos.dims() == [1, 1, n, d] && sin.dims() == [1, 1, n, d] {
-            use burn::tensor::TensorPrimitive;
-            let inputs = vec![x, cos.clone(), sin.clone()]
-                .into_iter()
-                .map(|t| t.into_primitive().tensor())
-                .collect();
-            match crate::kernels::run::<B, _>(&crate::kernels::Rotary, inputs) {
-                Ok(out) => return Tensor::from_primitive(TensorPrimitive::Float(out)),
-                Err(inputs) => {
-                    let x = inputs.into_iter().next().expect("x comes back");
-                    Tensor::from_primitive(TensorPrimitive::Float(x))
-                }
-            }
-        } else {
-            x
-        };
+        if d % 2 == 0
+            && cos.dims() == [1, 1, n, d]
+            && sin.dims() == [1, 1, n, d]
+            && crate::kernels::available::<B>()
+        {
+            use crate::kernels::{Rotary, float, run};
+            return run(
+                &Rotary,
+                vec![float(x), float(cos.clone()), float(sin.clone())],
+            );
+        }
         let x1 = x.clone().narrow(3, 0, d / 2);
         let x2 = x.clone().narrow(3, d / 2, d / 2);
         let rotated = Tensor::cat(vec![x2.neg(), x1], 3);

@@ -13,6 +13,10 @@ use common::wgpu::*;
 use common::{Qwen2Case, qwen2_case, rel_l2};
 use qwen2_decoder::Qwen2;
 
+/// wgpu without burn's fusion in front: the models' CubeCL kernels launched directly rather
+/// than as custom operations of the fusion stream.
+type Bare = burn::backend::wgpu::CubeBackend<burn::backend::wgpu::WgpuRuntime, f32, i32, u32>;
+
 #[test]
 fn wgpu_f32_matches_the_references() {
     if !adapter(DType::F32) {
@@ -74,7 +78,6 @@ fn wgpu_f32_batch2_decoding_step() {
 #[test]
 fn wgpu_depthwise_kernel_matches_burn() {
     use burn::backend::Flex;
-    use burn::backend::wgpu::{CubeBackend, WgpuRuntime};
     use burn::tensor::Distribution;
     use burn::tensor::activation::gelu;
     use burn::tensor::module::conv2d;
@@ -84,9 +87,7 @@ fn wgpu_depthwise_kernel_matches_burn() {
     if !adapter(DType::F32) {
         return;
     }
-    type Fused = Wgpu<f32>;
-    type Bare = CubeBackend<WgpuRuntime, f32, i32, u32>;
-    assert!(uses_cubecl_kernels::<Fused>() && uses_cubecl_kernels::<Bare>());
+    assert!(uses_cubecl_kernels::<Wgpu<f32>>() && uses_cubecl_kernels::<Bare>());
     assert!(!uses_cubecl_kernels::<Flex>());
 
     fn run<B: burn::tensor::backend::Backend>(
@@ -150,7 +151,7 @@ fn wgpu_depthwise_kernel_matches_burn() {
         let want = if act { gelu(want) } else { want } + 1.0;
         assert_eq!(want.dims()[1], c * m);
         for (backend, got) in [
-            ("fused", run::<Fused>(&xd, &wd, &bd, options, transpose)),
+            ("fused", run::<Wgpu<f32>>(&xd, &wd, &bd, options, transpose)),
             ("bare", run::<Bare>(&xd, &wd, &bd, options, transpose)),
         ] {
             let got = Tensor::<Flex, 4>::from_data(got, &cpu);
@@ -170,16 +171,13 @@ fn wgpu_depthwise_kernel_matches_burn() {
 #[test]
 fn wgpu_decode_attention_matches_burn() {
     use burn::backend::Flex;
-    use burn::backend::wgpu::{CubeBackend, WgpuRuntime};
     use burn::tensor::backend::Backend;
     use qwen2_decoder::uses_cubecl_kernels;
 
     if !adapter(DType::F32) {
         return;
     }
-    type Fused = Wgpu<f32>;
-    type Bare = CubeBackend<WgpuRuntime, f32, i32, u32>;
-    assert!(uses_cubecl_kernels::<Fused>() && uses_cubecl_kernels::<Bare>());
+    assert!(uses_cubecl_kernels::<Wgpu<f32>>() && uses_cubecl_kernels::<Bare>());
     assert!(!uses_cubecl_kernels::<Flex>());
 
     /// Logits `[1, vocab]` of each of three steps after `prompt`.
@@ -209,7 +207,7 @@ fn wgpu_decode_attention_matches_burn() {
         let prompt: Vec<i64> = case.prompt.iter().copied().cycle().take(300).collect();
         let want = steps::<Flex>(&case, &prompt);
         for (backend, got) in [
-            ("fused", steps::<Fused>(&case, &prompt)),
+            ("fused", steps::<Wgpu<f32>>(&case, &prompt)),
             ("bare", steps::<Bare>(&case, &prompt)),
         ] {
             for (i, (got, want)) in got.into_iter().zip(&want).enumerate() {
@@ -225,7 +223,7 @@ fn wgpu_decode_attention_matches_burn() {
             }
         }
         // The steps depend on what is cached: another prompt, other logits.
-        let other = steps::<Fused>(&case, &reversed(&prompt));
+        let other = steps::<Wgpu<f32>>(&case, &reversed(&prompt));
         let cpu = Default::default();
         let moved = rel_l2(
             Tensor::<Flex, 2>::from_data(other[0].clone(), &cpu),

@@ -2,8 +2,8 @@
 //!
 //! The model stays generic over `B: Backend`. When `B`'s float tensors turn out to be CubeCL
 //! tensors of a runtime compiled in (`wgpu`, `cuda` features), with burn's fusion in front or
-//! without, an op runs our kernel; otherwise the caller gets its tensors back and uses burn's
-//! ops. Under fusion the kernel is registered as a custom operation of the fusion stream, so
+//! without, an op runs our kernel ([`available`] says so, [`run`] launches it); otherwise
+//! the op takes burn's. Under fusion the kernel is registered as a custom operation of the fusion stream, so
 //! the operations around it still fuse and run in order. (`qwen2-decoder` carries the same
 //! machinery for its own kernels: the model crates depend on burn only, not on each other.)
 
@@ -15,7 +15,7 @@ use std::any::{Any, TypeId};
 use std::fmt;
 use std::marker::PhantomData;
 
-use burn::tensor::{Shape, backend::Backend};
+use burn::tensor::{Shape, Tensor, TensorPrimitive, backend::Backend};
 use burn_cubecl::fusion::FusionCubeRuntime;
 use burn_cubecl::{CubeBackend, CubeRuntime, tensor::CubeTensor};
 use burn_fusion::stream::{Operation, OperationStreams};
@@ -59,27 +59,27 @@ pub(crate) fn available<B: Backend>() -> bool {
     false
 }
 
-/// Runs `kernel` on `inputs` when `B` is a CubeCL backend of a compiled-in runtime; the inputs
-/// back otherwise.
-pub(crate) fn run<B: Backend, K: CubeKernel>(
+/// `t`'s float primitive, as the kernels take it (the models hold no quantized tensors).
+pub(crate) fn float<B: Backend, const D: usize>(t: Tensor<B, D>) -> B::FloatTensorPrimitive {
+    t.into_primitive().tensor()
+}
+
+/// Runs `kernel` on `inputs`. Only where [`available`] holds for `B`: callers check it first
+/// and take burn's ops otherwise.
+pub(crate) fn run<B: Backend, K: CubeKernel, const D: usize>(
     kernel: &K,
     inputs: Vec<B::FloatTensorPrimitive>,
-) -> Result<B::FloatTensorPrimitive, Vec<B::FloatTensorPrimitive>> {
-    if !enabled() {
-        return Err(inputs);
-    }
+) -> Tensor<B, D> {
     #[cfg(feature = "wgpu")]
-    let inputs = match on_runtime::<B, burn::backend::wgpu::WgpuRuntime, K>(kernel, inputs) {
-        Ok(y) => return Ok(y),
-        Err(inputs) => inputs,
-    };
+    if on::<B, burn::backend::wgpu::WgpuRuntime>() {
+        return on_runtime::<B, burn::backend::wgpu::WgpuRuntime, K, D>(kernel, inputs);
+    }
     #[cfg(feature = "cuda")]
-    let inputs = match on_runtime::<B, cubecl::cuda::CudaRuntime, K>(kernel, inputs) {
-        Ok(y) => return Ok(y),
-        Err(inputs) => inputs,
-    };
-    let _ = kernel;
-    Err(inputs)
+    if on::<B, cubecl::cuda::CudaRuntime>() {
+        return on_runtime::<B, cubecl::cuda::CudaRuntime, K, D>(kernel, inputs);
+    }
+    let _ = (kernel, inputs);
+    unreachable!("CubeCL kernel on a backend without them: check `kernels::available` first")
 }
 
 /// Whether `B`'s float tensors are CubeCL tensors of runtime `R`, fused or not.
@@ -88,19 +88,20 @@ fn on<B: Backend, R: CubeRuntime>() -> bool {
         || is::<B::FloatTensorPrimitive, CubeTensor<R>>()
 }
 
-fn on_runtime<B: Backend, R: CubeRuntime, K: CubeKernel>(
+/// `kernel` on runtime `R`'s tensors, through the fusion stream when `B` fuses.
+fn on_runtime<B: Backend, R: CubeRuntime, K: CubeKernel, const D: usize>(
     kernel: &K,
     inputs: Vec<B::FloatTensorPrimitive>,
-) -> Result<B::FloatTensorPrimitive, Vec<B::FloatTensorPrimitive>> {
-    if is::<B::FloatTensorPrimitive, FusionTensor<FusionCubeRuntime<R>>>() {
-        let inputs = inputs.into_iter().map(cast).collect();
-        return Ok(cast(fused::<R, K>(kernel, inputs)));
-    }
-    if is::<B::FloatTensorPrimitive, CubeTensor<R>>() {
-        let inputs = inputs.into_iter().map(cast).collect();
-        return Ok(cast(kernel.launch::<R>(inputs)));
-    }
-    Err(inputs)
+) -> Tensor<B, D> {
+    let out = if is::<B::FloatTensorPrimitive, CubeTensor<R>>() {
+        cast(kernel.launch::<R>(inputs.into_iter().map(cast).collect()))
+    } else {
+        cast(fused::<R, K>(
+            kernel,
+            inputs.into_iter().map(cast).collect(),
+        ))
+    };
+    Tensor::from_primitive(TensorPrimitive::Float(out))
 }
 
 fn is<T: 'static, U: 'static>() -> bool {
