@@ -39,6 +39,24 @@ impl<B: Backend> Attention<B> {
         })
     }
 
+    /// softmax(q·kᵀ/√head_dim)·v for `[batch, heads, tokens, head_dim]` each: one kernel on the
+    /// CubeCL backends (`vlm_kernels::attention` reads the strided q/k/v views of the `qkv`
+    /// output in place; burn 0.21's attention is a dozen launches and materialises the scores),
+    /// burn's attention elsewhere.
+    fn attend(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>) -> Tensor<B, 4> {
+        #[cfg(feature = "cubecl")]
+        if vlm_kernels::available::<B>(vlm_kernels::Kernel::Attention) {
+            let options = vlm_kernels::KvAttention {
+                len: k.dims()[2],
+                causal: false,
+            };
+            if options.fits(&q, &k, &v) {
+                return vlm_kernels::attention(q, k, v, options);
+            }
+        }
+        attention(q, k, v, None, None, AttentionModuleOptions::default())
+    }
+
     /// `[batch, dim, h, w]` → `[batch, dim, h, w]`; tokens are the pixels in row-major order.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let [batch, dim, h, w] = x.dims();
@@ -55,7 +73,7 @@ impl<B: Backend> Attention<B> {
                 .narrow(0, i, 1)
                 .reshape([batch, self.num_heads, n, head_dim])
         });
-        let out = attention(q, k, v, None, None, AttentionModuleOptions::default());
+        let out = Self::attend(q, k, v);
         let out = out.swap_dims(1, 2).reshape([batch, n, dim]);
         // Reshape while contiguous, then permute: burn 0.21's CubeCL reshape of a transposed
         // `[batch, dim, 1]` view to `[batch, dim, 1, 1]` (one token, batch > 1) mis-strides it.

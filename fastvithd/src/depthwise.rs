@@ -46,33 +46,6 @@ impl DepthwiseOptions {
         })
     }
 
-    /// Whether the tensors are the per-channel convolution these options describe, in a float
-    /// type the kernel reads (otherwise burn's op runs, and reports any mismatch).
-    #[cfg(feature = "cubecl")]
-    fn fits<B: Backend>(
-        &self,
-        x: &Tensor<B, 4>,
-        weight: &Tensor<B, 4>,
-        bias: &Tensor<B, 1>,
-    ) -> bool {
-        use burn::tensor::DType;
-        let [_, c_in, h, w] = x.dims();
-        let [c_out, in_per_group, kh, kw] = weight.dims();
-        let float = matches!(x.dtype(), DType::F32 | DType::F16 | DType::BF16);
-        in_per_group == 1
-            && kh == self.kernel
-            && kw == self.kernel
-            && self.stride > 0
-            && self.multiplier > 0
-            && c_out == c_in * self.multiplier
-            && bias.dims() == [c_out]
-            && h + 2 * self.padding >= self.kernel
-            && w + 2 * self.padding >= self.kernel
-            && float
-            && x.dtype() == weight.dtype()
-            && x.dtype() == bias.dtype()
-    }
-
     /// Output size along one spatial axis of `size` input pixels.
     pub fn output_size(&self, size: usize) -> usize {
         (size + 2 * self.padding - self.kernel) / self.stride + 1
@@ -83,7 +56,7 @@ impl DepthwiseOptions {
 /// weight `[multiplier·c_in, 1, k, k]` and bias `[multiplier·c_in]`.
 ///
 /// On the CubeCL backends (wgpu, CUDA; with or without fusion) built with this crate's `wgpu`
-/// or `cuda` feature this is one kernel that reads NCHW directly, accumulates in f32 at every
+/// or `cuda` feature this is one kernel (`vlm_kernels::depthwise_conv2d`) that reads NCHW directly, accumulates in f32 at every
 /// precision and applies the bias and the GELU before writing: burn 0.21's convolution
 /// transposes to NHWC and back around its own kernel and leaves bias and activation to further
 /// launches. Every other backend takes burn's `conv2d` (+ `gelu`).
@@ -94,12 +67,17 @@ pub fn depthwise_conv2d<B: Backend>(
     options: DepthwiseOptions,
 ) -> Tensor<B, 4> {
     #[cfg(feature = "cubecl")]
-    if crate::kernels::available::<B>() && options.fits(&x, &weight, &bias) {
-        use crate::kernels::{DepthwiseConv2d, float, run};
-        return run(
-            &DepthwiseConv2d(options),
-            vec![float(x), float(weight), float(bias)],
-        );
+    if vlm_kernels::available::<B>(vlm_kernels::Kernel::Depthwise) {
+        let geometry = vlm_kernels::Depthwise {
+            kernel: options.kernel,
+            stride: options.stride,
+            padding: options.padding,
+            multiplier: options.multiplier,
+            gelu: options.gelu,
+        };
+        if geometry.fits(&x, &weight, &bias) {
+            return vlm_kernels::depthwise_conv2d(x, weight, bias, geometry);
+        }
     }
     let channels = x.dims()[1];
     let y = conv2d(
@@ -111,12 +89,14 @@ pub fn depthwise_conv2d<B: Backend>(
     if options.gelu { gelu(y) } else { y }
 }
 
-/// Whether `B` runs FastViTHD's own CubeCL kernels ([`depthwise_conv2d`]) rather than
-/// burn's ops: true on wgpu and CUDA backends when this crate is built with the matching
-/// feature (`wgpu`, `cuda`).
+/// Whether `B` runs any of FastViTHD's CubeCL kernels (from `vlm-kernels`: [`depthwise_conv2d`],
+/// [`crate::Attention`]'s attention) rather than burn's ops: on wgpu and CUDA backends when this
+/// crate is built with the matching feature (`wgpu`, `cuda`), unless `FASTVLM_CUBECL_KERNELS`
+/// switches them off.
 pub fn uses_cubecl_kernels<B: Backend>() -> bool {
     #[cfg(feature = "cubecl")]
-    return crate::kernels::available::<B>();
+    return vlm_kernels::available::<B>(vlm_kernels::Kernel::Depthwise)
+        || vlm_kernels::available::<B>(vlm_kernels::Kernel::Attention);
     #[cfg(not(feature = "cubecl"))]
     false
 }

@@ -31,9 +31,6 @@ mod repmixer;
 mod squeeze_excite;
 mod weights;
 
-#[cfg(feature = "cubecl")]
-mod kernels;
-
 pub use attention::Attention;
 pub use attention_block::AttentionBlock;
 pub use config::FastVitHdConfig;

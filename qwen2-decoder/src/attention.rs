@@ -21,37 +21,85 @@ pub struct Qwen2Attention<B: Backend> {
 }
 
 impl<B: Backend> Qwen2Attention<B> {
-    /// `[batch, n, hidden]` at positions `start..start + n` → `[batch, n, hidden]`, attending
-    /// to the cached positions and causally among the new ones.
+    /// `residual + attention(x)` for `x` `[batch, n, hidden]` (normed) at positions
+    /// `start..start + n`, attending to the cached positions and causally among the new ones;
+    /// `residual` and the result `[batch, n, hidden]`.
     pub(crate) fn forward(
         &self,
         x: Tensor<B, 3>,
         rope: &(Tensor<B, 4>, Tensor<B, 4>),
         cache: &mut LayerCache<B>,
         start: usize,
+        residual: Tensor<B, 3>,
     ) -> Tensor<B, 3> {
         let [batch, n, hidden] = x.dims();
         let heads =
             |t: Tensor<B, 3>, h: usize| t.reshape([batch, n, h, self.head_dim]).swap_dims(1, 2);
-        let q = heads(self.q_proj.forward(x.clone()), self.num_heads);
-        let k = heads(self.k_proj.forward(x.clone()), self.num_kv_heads);
-        let v = heads(self.v_proj.forward(x), self.num_kv_heads);
+        let (q, k, v) = match self.projections_row(&x) {
+            // Split by heads after the reshape: a reshape of a narrowed view is a copy in burn.
+            Some(qkv) => {
+                let all = heads(qkv, self.num_heads + 2 * self.num_kv_heads);
+                let kv = self.num_kv_heads;
+                (
+                    all.clone().narrow(1, 0, self.num_heads),
+                    all.clone().narrow(1, self.num_heads, kv),
+                    all.narrow(1, self.num_heads + kv, kv),
+                )
+            }
+            None => (
+                heads(self.q_proj.forward(x.clone()), self.num_heads),
+                heads(self.k_proj.forward(x.clone()), self.num_kv_heads),
+                heads(self.v_proj.forward(x), self.num_kv_heads),
+            ),
+        };
         let q = RotaryEmbedding::apply(q, &rope.0, &rope.1);
         let k = RotaryEmbedding::apply(k, &rope.0, &rope.1);
 
         let (k, v) = cache.append(start, k, v);
-        let len = start + n;
+        let out = self.attend(q, k, v, start + n);
+        // `[batch, heads, 1, d]` is already `[batch, 1, hidden]` in memory; the swap would make
+        // burn copy it.
         let out = if n == 1 {
-            self.attend_one(q, k, v, len)
+            out.reshape([batch, n, hidden])
         } else {
-            self.attend(q, k, v, len)
+            out.swap_dims(1, 2).reshape([batch, n, hidden])
         };
-        self.o_proj
-            .forward(out.swap_dims(1, 2).reshape([batch, n, hidden]))
+        crate::mlp::linear_add(&self.o_proj, out, residual)
     }
 
-    /// Queries `[batch, heads, n, head_dim]` over the first `len` cached positions (causal
-    /// when `n > 1`) through burn's attention, the kv heads repeated per query group.
+    /// q, k and v side by side `[1, 1, q + 2·kv]` in one launch, for a single row on the
+    /// CubeCL backends (`vlm_kernels::linear_row`); `None` where the three matmuls run.
+    fn projections_row(&self, x: &Tensor<B, 3>) -> Option<Tensor<B, 3>> {
+        #[cfg(feature = "cubecl")]
+        if vlm_kernels::available::<B>(vlm_kernels::Kernel::Gemv) {
+            let projections = [&self.q_proj, &self.k_proj, &self.v_proj];
+            let weights = projections.map(|p| p.weight.val());
+            // Biases on all three (Qwen2) or none; a mix takes the matmuls.
+            let biases: Vec<Tensor<B, 1>> = projections
+                .iter()
+                .filter_map(|p| p.bias.as_ref().map(|b| b.val()))
+                .collect();
+            let projection = vlm_kernels::RowProjection::Concat;
+            if vlm_kernels::linear_row_fits(x, &weights, &biases, projection, None) {
+                return Some(vlm_kernels::linear_row(
+                    x.clone(),
+                    &weights,
+                    &biases,
+                    projection,
+                    None,
+                ));
+            }
+        }
+        let _ = x;
+        None
+    }
+
+    /// Queries `[batch, heads, n, head_dim]` over the first `len` positions of the cache
+    /// buffers `[batch, kv_heads, capacity, head_dim]`, causal among the `n` new ones.
+    ///
+    /// On the CubeCL backends one kernel reads the cache in place (`vlm_kernels::attention`:
+    /// burn 0.21's attention is about a dozen launches plus two copies for the repeated kv
+    /// heads); elsewhere burn's attention over the repeated kv heads.
     fn attend(
         &self,
         q: Tensor<B, 4>,
@@ -59,37 +107,21 @@ impl<B: Backend> Qwen2Attention<B> {
         v: Tensor<B, 4>,
         len: usize,
     ) -> Tensor<B, 4> {
+        let causal = q.dims()[2] > 1;
+        #[cfg(feature = "cubecl")]
+        if vlm_kernels::available::<B>(vlm_kernels::Kernel::Attention) {
+            let options = vlm_kernels::KvAttention { len, causal };
+            if options.fits(&q, &k, &v) {
+                return vlm_kernels::attention(q, k, v, options);
+            }
+        }
         let (k, v) = (self.repeat_kv(k, len), self.repeat_kv(v, len));
         // burn aligns the causal mask bottom-right: the n queries are the last n of the keys.
         let options = AttentionModuleOptions {
-            is_causal: q.dims()[2] > 1,
+            is_causal: causal,
             ..Default::default()
         };
         attention(q, k, v, None, None, options)
-    }
-
-    /// One query position (a decoding step) over the first `len` cached positions. On the
-    /// CubeCL backends one kernel reads the cache in place (burn 0.21's attention at one
-    /// position is about a dozen launches on wgpu, plus two copies for the repeated kv heads);
-    /// elsewhere [`Self::attend`].
-    fn attend_one(
-        &self,
-        q: Tensor<B, 4>,
-        k: Tensor<B, 4>,
-        v: Tensor<B, 4>,
-        len: usize,
-    ) -> Tensor<B, 4> {
-        // One thread per channel: within every backend's workgroup limit (256 on wgpu).
-        #[cfg(feature = "cubecl")]
-        if self.head_dim <= 256 && crate::kernels::available::<B>() {
-            use crate::kernels::{DecodeAttention, float, run};
-            let kernel = DecodeAttention {
-                len,
-                group: self.num_heads / self.num_kv_heads,
-            };
-            return run(&kernel, vec![float(q), float(k), float(v)]);
-        }
-        self.attend(q, k, v, len)
     }
 
     /// The first `len` positions of a cache buffer `[batch, kv_heads, capacity, d]` as
@@ -111,12 +143,20 @@ impl<B: Backend> Qwen2Attention<B> {
     }
 }
 
-/// Whether `B` runs this crate's CubeCL kernels (a decoding step's attention) rather than
-/// burn's ops: true on wgpu and CUDA backends when this crate is built with the matching
-/// feature (`wgpu`, `cuda`).
+/// Whether `B` runs any of the decoder's CubeCL kernels (from `vlm-kernels`: attention over the
+/// KV cache, the rotary embedding, the norms, a decoding step's linear layers) rather than burn's ops: on wgpu and CUDA backends when this
+/// crate is built with the matching feature (`wgpu`, `cuda`), unless `FASTVLM_CUBECL_KERNELS`
+/// switches them off.
 pub fn uses_cubecl_kernels<B: Backend>() -> bool {
     #[cfg(feature = "cubecl")]
-    return crate::kernels::available::<B>();
+    return [
+        vlm_kernels::Kernel::Attention,
+        vlm_kernels::Kernel::Rotary,
+        vlm_kernels::Kernel::Gemv,
+        vlm_kernels::Kernel::RmsNorm,
+    ]
+    .into_iter()
+    .any(vlm_kernels::available::<B>);
     #[cfg(not(feature = "cubecl"))]
     false
 }

@@ -23,10 +23,9 @@ impl<B: Backend> Qwen2DecoderLayer<B> {
         cache: &mut LayerCache<B>,
         start: usize,
     ) -> Tensor<B, 3> {
-        let x = x.clone()
-            + self
-                .self_attn
-                .forward(self.input_layernorm.forward(x), rope, cache, start);
-        x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x))
+        let normed = self.input_layernorm.forward(x.clone());
+        let x = self.self_attn.forward(normed, rope, cache, start, x);
+        let normed = self.post_attention_layernorm.forward(x.clone());
+        self.mlp.forward_add(normed, x)
     }
 }

@@ -26,9 +26,6 @@ mod rotary;
 pub mod vocab;
 mod weights;
 
-#[cfg(feature = "cubecl")]
-mod kernels;
-
 pub use attention::{Qwen2Attention, uses_cubecl_kernels};
 pub use cache::KvCache;
 pub use config::Qwen2Config;

@@ -12,7 +12,16 @@ pub struct RmsNorm<B: Backend> {
 impl<B: Backend> RmsNorm<B> {
     /// `[batch, seq, hidden]` → same shape. Computed in f32 whatever the model's precision, as
     /// Hugging Face does: a sum of 896+ squares overflows f16.
+    ///
+    /// On the CubeCL backends one launch (`vlm_kernels::rms_norm`).
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        #[cfg(feature = "cubecl")]
+        if vlm_kernels::available::<B>(vlm_kernels::Kernel::RmsNorm) {
+            let weight = self.weight.val();
+            if vlm_kernels::rms_norm_fits(&x, &weight) {
+                return vlm_kernels::rms_norm(x, weight, self.eps);
+            }
+        }
         let dtype = x.dtype();
         let x = x.cast(FloatDType::F32);
         let rms = (x.clone().square().mean_dim(2) + self.eps).sqrt();

@@ -57,13 +57,9 @@ impl RotaryEmbedding {
         if d % 2 == 0
             && cos.dims() == [1, 1, n, d]
             && sin.dims() == [1, 1, n, d]
-            && crate::kernels::available::<B>()
+            && vlm_kernels::available::<B>(vlm_kernels::Kernel::Rotary)
         {
-            use crate::kernels::{Rotary, float, run};
-            return run(
-                &Rotary,
-                vec![float(x), float(cos.clone()), float(sin.clone())],
-            );
+            return vlm_kernels::rotary(x, cos.clone(), sin.clone());
         }
         let x1 = x.clone().narrow(3, 0, d / 2);
         let x2 = x.clone().narrow(3, d / 2, d / 2);

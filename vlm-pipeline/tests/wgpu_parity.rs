@@ -235,3 +235,345 @@ fn wgpu_decode_attention_matches_burn() {
         );
     }
 }
+
+/// The attention kernels (`vlm_kernels::attention`: the tiled one for many positions, the
+/// decoding-step one for one) against burn's attention on the CPU over explicitly repeated kv
+/// heads: FastViTHD's shape (no mask, head_dim 32, q/k/v strided views of one `qkv` tensor,
+/// batch 2), decoder prefills over a partly filled cache (causal, kv groups 1/2/7, head_dim
+/// 64/128, a prompt after cached positions), a query count that is not a multiple of the
+/// kernel's row block, and one position; through burn's fusion and on the bare backend.
+#[test]
+fn wgpu_attention_kernel_matches_burn() {
+    use burn::backend::Flex;
+    use burn::tensor::Distribution;
+    use burn::tensor::backend::Backend;
+    use burn::tensor::module::attention;
+    use burn::tensor::ops::AttentionModuleOptions;
+    use vlm_kernels::KvAttention;
+
+    if !adapter(DType::F32) {
+        return;
+    }
+    use vlm_kernels::Kernel;
+    assert!(vlm_kernels::available::<Wgpu<f32>>(Kernel::Attention));
+    assert!(vlm_kernels::available::<Bare>(Kernel::Attention));
+    assert!(!vlm_kernels::available::<Flex>(Kernel::Attention));
+
+    /// q, k, v `[batch, heads or kv_heads, ·, d]` as strided views of one `[batch, rows, 3, h, d]`
+    /// tensor when `packed` (FastViTHD's `qkv`), else as given.
+    fn views<B: Backend>(
+        data: &[TensorData; 3],
+        packed: bool,
+        device: &B::Device,
+    ) -> [Tensor<B, 4>; 3] {
+        let [q, k, v] = data.clone().map(|d| Tensor::<B, 4>::from_data(d, device));
+        if !packed {
+            return [q, k, v];
+        }
+        let [batch, heads, n, d] = q.dims();
+        let qkv = Tensor::stack::<5>(vec![q, k, v], 0)
+            .permute([1, 3, 0, 2, 4])
+            .reshape([batch, n, 3, heads, d])
+            .permute([2, 0, 3, 1, 4]);
+        [0, 1, 2].map(|i| qkv.clone().narrow(0, i, 1).reshape([batch, heads, n, d]))
+    }
+
+    fn run<B: Backend>(data: &[TensorData; 3], packed: bool, options: KvAttention) -> TensorData {
+        let device = Default::default();
+        let [q, k, v] = views::<B>(data, packed, &device);
+        // Elementwise work before and after, so under fusion the kernel sits between fused ops.
+        (vlm_kernels::attention(q * 1.5, k, v, options) + 1.0).into_data()
+    }
+
+    fn reference(data: &[TensorData; 3], options: KvAttention) -> Tensor<Flex, 4> {
+        let cpu = Default::default();
+        let [q, k, v] = data.clone().map(|d| Tensor::<Flex, 4>::from_data(d, &cpu));
+        let [batch, heads, n, d] = q.dims();
+        let kv_heads = k.dims()[1];
+        let repeat = |t: Tensor<Flex, 4>| {
+            t.narrow(2, 0, options.len)
+                .unsqueeze_dim::<5>(2)
+                .expand([batch, kv_heads, heads / kv_heads, options.len, d])
+                .reshape([batch, heads, options.len, d])
+        };
+        let options = AttentionModuleOptions {
+            is_causal: options.causal,
+            ..Default::default()
+        };
+        assert!(n <= k.dims()[2]);
+        attention(q * 1.5, repeat(k), repeat(v), None, None, options) + 1.0
+    }
+
+    let cases = [
+        // (batch, heads, kv_heads, n, capacity, len, head_dim, causal, packed)
+        (2, 3, 3, 70, 70, 70, 32, false, true), // FastViTHD stage 4/5 (no mask)
+        (1, 4, 2, 37, 50, 45, 64, true, false), // prefill after 8 cached positions
+        (1, 7, 1, 19, 19, 19, 128, true, false), // 7B-shaped group of 7
+        (1, 2, 2, 65, 80, 65, 64, true, false), // 65 rows: a second, almost empty block
+        (1, 4, 2, 1, 40, 33, 64, true, false),  // one position: the decoding-step kernel
+    ];
+    for (i, &(batch, heads, kv_heads, n, capacity, len, d, causal, packed)) in
+        cases.iter().enumerate()
+    {
+        let cpu = Default::default();
+        let normal = |shape: [usize; 4]| {
+            Tensor::<Flex, 4>::random(shape, Distribution::Normal(0.0, 1.0), &cpu).into_data()
+        };
+        let data = [
+            normal([batch, heads, n, d]),
+            normal([batch, kv_heads, capacity, d]),
+            normal([batch, kv_heads, capacity, d]),
+        ];
+        let options = KvAttention { len, causal };
+        let want = reference(&data, options);
+        for (backend, got) in [
+            ("fused", run::<Wgpu<f32>>(&data, packed, options)),
+            ("bare", run::<Bare>(&data, packed, options)),
+        ] {
+            let err = rel_l2(Tensor::<Flex, 4>::from_data(got, &cpu), want.clone());
+            assert!(err <= 1e-5, "case {i} on {backend}: rel-L2 {err:.3e}");
+        }
+        // The output follows the keys, and the mask matters: other keys, or no mask, move it.
+        let mut other = data.clone();
+        other[1] = normal([batch, kv_heads, capacity, d]);
+        let moved = rel_l2(
+            Tensor::<Flex, 4>::from_data(run::<Wgpu<f32>>(&other, packed, options), &cpu),
+            want.clone(),
+        );
+        assert!(
+            moved > 1e-3,
+            "case {i}: output ignores the keys ({moved:.3e})"
+        );
+        if causal && n > 1 {
+            let open = KvAttention { len, causal: false };
+            let moved = rel_l2(
+                Tensor::<Flex, 4>::from_data(run::<Wgpu<f32>>(&data, packed, open), &cpu),
+                want.clone(),
+            );
+            assert!(
+                moved > 1e-3,
+                "case {i}: the causal mask changes nothing ({moved:.3e})"
+            );
+        }
+    }
+}
+
+/// A decoding step's linear layers at batch 1 (`vlm_kernels::linear_row`) against burn's
+/// matmuls on the CPU: q/k/v side by side with biases (widths that do not fill the kernel's
+/// column blocks, a cube straddling two projections), one projection plus a residual, SwiGLU,
+/// and a weight given as a transposed view; through burn's fusion and on the bare backend.
+#[test]
+fn wgpu_linear_row_kernel_matches_burn() {
+    use burn::backend::Flex;
+    use burn::tensor::Distribution;
+    use burn::tensor::activation::silu;
+    use burn::tensor::backend::Backend;
+    use vlm_kernels::{Kernel, RowProjection, linear_row};
+
+    if !adapter(DType::F32) {
+        return;
+    }
+    assert!(vlm_kernels::available::<Wgpu<f32>>(Kernel::Gemv));
+    assert!(!vlm_kernels::available::<Flex>(Kernel::Gemv));
+
+    struct Case {
+        x: TensorData,
+        weights: Vec<TensorData>,
+        biases: Vec<TensorData>,
+        residual: Option<TensorData>,
+        projection: RowProjection,
+        /// Weights uploaded as `[out, in]` and viewed transposed.
+        transposed: bool,
+    }
+
+    fn run<B: Backend>(case: &Case) -> TensorData {
+        let device = Default::default();
+        let x = Tensor::<B, 3>::from_data(case.x.clone(), &device);
+        let weights: Vec<Tensor<B, 2>> = case
+            .weights
+            .iter()
+            .map(|w| {
+                let w = Tensor::<B, 2>::from_data(w.clone(), &device);
+                if case.transposed {
+                    Tensor::<B, 2>::from_data(w.transpose().into_data(), &device).transpose()
+                } else {
+                    w
+                }
+            })
+            .collect();
+        let biases: Vec<Tensor<B, 1>> = case
+            .biases
+            .iter()
+            .map(|b| Tensor::from_data(b.clone(), &device))
+            .collect();
+        let residual = case
+            .residual
+            .clone()
+            .map(|r| Tensor::<B, 3>::from_data(r, &device) * 0.5);
+        // Elementwise work on both sides, so under fusion the kernel sits between fused ops.
+        let y = linear_row(x * 2.0, &weights, &biases, case.projection, residual);
+        (y - 1.0).into_data()
+    }
+
+    fn reference(case: &Case) -> Tensor<Flex, 3> {
+        let cpu = Default::default();
+        let x = Tensor::<Flex, 3>::from_data(case.x.clone(), &cpu) * 2.0;
+        let mut outs: Vec<Tensor<Flex, 3>> = case
+            .weights
+            .iter()
+            .map(|w| {
+                x.clone()
+                    .matmul(Tensor::<Flex, 2>::from_data(w.clone(), &cpu).unsqueeze())
+            })
+            .collect();
+        for (o, b) in outs.iter_mut().zip(&case.biases) {
+            *o = o.clone() + Tensor::<Flex, 1>::from_data(b.clone(), &cpu).unsqueeze();
+        }
+        let y = match case.projection {
+            RowProjection::Concat => Tensor::cat(outs, 2),
+            RowProjection::SwiGlu => silu(outs[0].clone()) * outs[1].clone(),
+        };
+        let y = match &case.residual {
+            Some(r) => y + Tensor::<Flex, 3>::from_data(r.clone(), &cpu) * 0.5,
+            None => y,
+        };
+        y - 1.0
+    }
+
+    let cpu = Default::default();
+    let normal = |shape: &[usize]| match shape.len() {
+        1 => {
+            Tensor::<Flex, 1>::random([shape[0]], Distribution::Normal(0.0, 1.0), &cpu).into_data()
+        }
+        2 => Tensor::<Flex, 2>::random([shape[0], shape[1]], Distribution::Normal(0.0, 1.0), &cpu)
+            .into_data(),
+        _ => Tensor::<Flex, 3>::random(
+            [shape[0], shape[1], shape[2]],
+            Distribution::Normal(0.0, 1.0),
+            &cpu,
+        )
+        .into_data(),
+    };
+    let cases = [
+        // q/k/v of a Qwen2 layer, shrunk: 37 → 40 | 8 | 8 with biases.
+        Case {
+            x: normal(&[1, 1, 37]),
+            weights: vec![normal(&[37, 40]), normal(&[37, 8]), normal(&[37, 8])],
+            biases: vec![normal(&[40]), normal(&[8]), normal(&[8])],
+            residual: None,
+            projection: RowProjection::Concat,
+            transposed: false,
+        },
+        // o_proj / down_proj: one projection and the residual.
+        Case {
+            x: normal(&[1, 1, 70]),
+            weights: vec![normal(&[70, 33])],
+            biases: vec![],
+            residual: Some(normal(&[1, 1, 33])),
+            projection: RowProjection::Concat,
+            transposed: false,
+        },
+        // gate/up.
+        Case {
+            x: normal(&[1, 1, 33]),
+            weights: vec![normal(&[33, 70]), normal(&[33, 70])],
+            biases: vec![],
+            residual: None,
+            projection: RowProjection::SwiGlu,
+            transposed: false,
+        },
+        // Two projections with biases, weights as transposed views.
+        Case {
+            x: normal(&[1, 1, 300]),
+            weights: vec![normal(&[300, 17]), normal(&[300, 20])],
+            biases: vec![normal(&[17]), normal(&[20])],
+            residual: Some(normal(&[1, 1, 37])),
+            projection: RowProjection::Concat,
+            transposed: true,
+        },
+    ];
+    for (i, case) in cases.iter().enumerate() {
+        let want = reference(case);
+        for (backend, got) in [
+            ("fused", run::<Wgpu<f32>>(case)),
+            ("bare", run::<Bare>(case)),
+        ] {
+            let err = rel_l2(Tensor::<Flex, 3>::from_data(got, &cpu), want.clone());
+            assert!(err <= 1e-5, "case {i} on {backend}: rel-L2 {err:.3e}");
+        }
+        // The output follows the input row.
+        let moved = Case {
+            x: normal(&case.x.shape),
+            weights: case.weights.clone(),
+            biases: case.biases.clone(),
+            residual: case.residual.clone(),
+            projection: case.projection,
+            transposed: case.transposed,
+        };
+        let moved = rel_l2(
+            Tensor::<Flex, 3>::from_data(run::<Wgpu<f32>>(&moved), &cpu),
+            want.clone(),
+        );
+        assert!(moved > 1e-3, "case {i}: output ignores x ({moved:.3e})");
+    }
+}
+
+/// The decoder's norm kernel (`vlm_kernels::rms_norm`) against `qwen2_decoder::RmsNorm` on the
+/// CPU (burn's ops): a decoding step's row, prefill rows wider than the kernel's threads, and a
+/// strided input; through burn's fusion and on the bare backend.
+#[test]
+fn wgpu_rms_norm_kernel_matches_burn() {
+    use burn::backend::Flex;
+    use burn::module::Param;
+    use burn::tensor::Distribution;
+    use burn::tensor::backend::Backend;
+    use qwen2_decoder::RmsNorm;
+    use vlm_kernels::Kernel;
+
+    if !adapter(DType::F32) {
+        return;
+    }
+    assert!(vlm_kernels::available::<Wgpu<f32>>(Kernel::RmsNorm));
+
+    fn run<B: Backend>(x: &TensorData, w: &TensorData, transposed: bool) -> TensorData {
+        let device = Default::default();
+        let mut x = Tensor::<B, 3>::from_data(x.clone(), &device);
+        if transposed {
+            x = x.swap_dims(1, 2);
+        }
+        let norm = RmsNorm {
+            weight: Param::from_tensor(Tensor::from_data(w.clone(), &device)),
+            eps: 1e-6,
+        };
+        (norm.forward(x * 3.0) + 0.5).into_data()
+    }
+
+    let cpu = Default::default();
+    // (batch, seq, hidden, input given as a transposed view)
+    for (i, &(batch, seq, hidden, transposed)) in [
+        (1, 1, 896, false),
+        (2, 7, 1000, false),
+        (1, 5, 300, true),
+        (1, 3, 64, false),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let shape = if transposed {
+            [batch, hidden, seq]
+        } else {
+            [batch, seq, hidden]
+        };
+        let x = Tensor::<Flex, 3>::random(shape, Distribution::Normal(0.0, 2.0), &cpu).into_data();
+        let w =
+            Tensor::<Flex, 1>::random([hidden], Distribution::Normal(1.0, 0.5), &cpu).into_data();
+        let want = Tensor::<Flex, 3>::from_data(run::<Flex>(&x, &w, transposed), &cpu);
+        for (backend, got) in [
+            ("fused", run::<Wgpu<f32>>(&x, &w, transposed)),
+            ("bare", run::<Bare>(&x, &w, transposed)),
+        ] {
+            let err = rel_l2(Tensor::<Flex, 3>::from_data(got, &cpu), want.clone());
+            assert!(err <= 1e-5, "case {i} on {backend}: rel-L2 {err:.3e}");
+        }
+    }
+}

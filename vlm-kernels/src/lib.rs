@@ -1,15 +1,34 @@
-//! CubeCL kernels for the ops burn 0.21's stock kernels run slowly, picked at run time.
+//! CubeCL kernels for the ops of FastVLM's models that burn 0.21 runs slowly or as many small
+//! launches, picked at run time.
 //!
-//! The model stays generic over `B: Backend`. When `B`'s float tensors turn out to be CubeCL
+//! The models stay generic over `B: Backend`. When `B`'s float tensors turn out to be CubeCL
 //! tensors of a runtime compiled in (`wgpu`, `cuda` features), with burn's fusion in front or
-//! without, an op runs our kernel ([`available`] says so, [`run`] launches it); otherwise
-//! the op takes burn's. Under fusion the kernel is registered as a custom operation of the fusion stream, so
-//! the operations around it still fuse and run in order. (`qwen2-decoder` carries the same
-//! machinery for its own kernels: the model crates depend on burn only, not on each other.)
+//! without, a model asks [`available`] and calls the op here; otherwise it takes burn's ops.
+//! Under fusion each kernel is registered as a custom operation of the fusion stream, so the
+//! operations around it still fuse and run in order.
+//!
+//! The ops: [`depthwise_conv2d`] (FastViTHD's spatial mixing), [`attention`] (FastViTHD's
+//! attention stages, the decoder's prefill and its one-position decoding step over a KV cache),
+//! [`rotary`] and [`rms_norm`] (the decoder's rotary embedding and norms) and [`linear_row`] (a
+//! decoding step's linear layers at batch 1: q/k/v in one launch, SwiGLU in one, the residual
+//! added on the way out). Each is checked against burn's ops on the CPU
+//! in `vlm-pipeline/tests/wgpu_parity.rs`.
+//!
+//! `FASTVLM_CUBECL_KERNELS=off` leaves every op to burn, and a list of kernel names runs only
+//! those ([`switched_on`]), for timing each kernel against burn's op in one build.
 
+mod attention;
+mod decode_attention;
 mod depthwise;
+mod gemv;
+mod rms_norm;
+mod rotary;
 
-pub(crate) use depthwise::DepthwiseConv2d;
+pub use attention::{KvAttention, attention};
+pub use depthwise::{Depthwise, depthwise_conv2d};
+pub use gemv::{RowProjection, linear_row, linear_row_fits};
+pub use rms_norm::{rms_norm, rms_norm_fits};
+pub use rotary::rotary;
 
 use std::any::{Any, TypeId};
 use std::fmt;
@@ -36,18 +55,61 @@ pub(crate) trait CubeKernel: fmt::Debug + Clone + Send + Sync + 'static {
 /// CubeCL tensors carry their dtype, so one instance serves f32, f16 and bf16 alike.
 type Inner<R> = CubeBackend<R, f32, i32, u32>;
 
-/// `FASTVLM_CUBECL_KERNELS=off` leaves every op to burn, for timing the kernels against
-/// burn's ops in one build.
-fn enabled() -> bool {
-    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ENABLED.get_or_init(|| std::env::var_os("FASTVLM_CUBECL_KERNELS").is_none_or(|v| v != "off"))
+/// The kernels of this crate, each switched on or off by `FASTVLM_CUBECL_KERNELS`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kernel {
+    /// [`depthwise_conv2d`].
+    Depthwise,
+    /// [`attention`].
+    Attention,
+    /// [`rotary`].
+    Rotary,
+    /// [`linear_row`].
+    Gemv,
+    /// [`rms_norm`].
+    RmsNorm,
 }
 
-/// Whether `B` runs this crate's CubeCL kernels.
-pub(crate) fn available<B: Backend>() -> bool {
-    if !enabled() {
-        return false;
+impl Kernel {
+    pub const ALL: [Kernel; 5] = [
+        Kernel::Depthwise,
+        Kernel::Attention,
+        Kernel::Rotary,
+        Kernel::Gemv,
+        Kernel::RmsNorm,
+    ];
+
+    /// The kernel's name in `FASTVLM_CUBECL_KERNELS`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Depthwise => "depthwise",
+            Kernel::Attention => "attention",
+            Kernel::Rotary => "rotary",
+            Kernel::Gemv => "gemv",
+            Kernel::RmsNorm => "rms_norm",
+        }
     }
+}
+
+/// Whether `kernel` is switched on: `FASTVLM_CUBECL_KERNELS` unset, `on` or `all` runs every
+/// kernel, `off` none (burn's ops throughout), and a comma-separated list of names (see
+/// [`Kernel::name`]) only those, so one build can time each kernel against burn's op.
+pub fn switched_on(kernel: Kernel) -> bool {
+    static SWITCH: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let switch = SWITCH.get_or_init(|| {
+        std::env::var("FASTVLM_CUBECL_KERNELS")
+            .ok()
+            .map(|v| v.trim().to_ascii_lowercase())
+    });
+    match switch.as_deref() {
+        None | Some("" | "on" | "all") => true,
+        Some(list) => list.split(',').any(|name| name.trim() == kernel.name()),
+    }
+}
+
+/// Whether `B`'s float tensors are CubeCL tensors of a runtime this crate was built for
+/// (feature `wgpu`: wgpu's, `cuda`: CUDA's), with burn's fusion in front or without.
+pub fn cubecl_backend<B: Backend>() -> bool {
     #[cfg(feature = "wgpu")]
     if on::<B, burn::backend::wgpu::WgpuRuntime>() {
         return true;
@@ -59,13 +121,18 @@ pub(crate) fn available<B: Backend>() -> bool {
     false
 }
 
+/// Whether `B` runs `kernel`: a [`cubecl_backend`] with the kernel [`switched_on`]. The op of
+/// a kernel may be called only where this holds.
+pub fn available<B: Backend>(kernel: Kernel) -> bool {
+    cubecl_backend::<B>() && switched_on(kernel)
+}
+
 /// `t`'s float primitive, as the kernels take it (the models hold no quantized tensors).
 pub(crate) fn float<B: Backend, const D: usize>(t: Tensor<B, D>) -> B::FloatTensorPrimitive {
     t.into_primitive().tensor()
 }
 
-/// Runs `kernel` on `inputs`. Only where [`available`] holds for `B`: callers check it first
-/// and take burn's ops otherwise.
+/// Runs `kernel` on `inputs`. Only on a [`cubecl_backend`].
 pub(crate) fn run<B: Backend, K: CubeKernel, const D: usize>(
     kernel: &K,
     inputs: Vec<B::FloatTensorPrimitive>,
@@ -79,7 +146,7 @@ pub(crate) fn run<B: Backend, K: CubeKernel, const D: usize>(
         return on_runtime::<B, cubecl::cuda::CudaRuntime, K, D>(kernel, inputs);
     }
     let _ = (kernel, inputs);
-    unreachable!("CubeCL kernel on a backend without them: check `kernels::available` first")
+    panic!("a CubeCL kernel on a backend without them: check `vlm_kernels::available` first")
 }
 
 /// Whether `B`'s float tensors are CubeCL tensors of runtime `R`, fused or not.

@@ -6,7 +6,7 @@ use burn_cubecl::cubecl::prelude::*;
 use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 
-use super::CubeKernel;
+use crate::CubeKernel;
 
 /// Positions whose scores a cube holds at once (shared memory: `CHUNK + head_dim` f32s).
 const CHUNK: usize = 256;
@@ -105,7 +105,7 @@ pub(crate) struct DecodeAttention {
 }
 
 impl CubeKernel for DecodeAttention {
-    const NAME: &'static str = "qwen2_decode_attention";
+    const NAME: &'static str = "vlm_decode_attention";
 
     fn output_shape(&self, inputs: &[Shape]) -> Shape {
         inputs[0].clone()

@@ -1,13 +1,82 @@
 //! The per-channel convolution kernel: NCHW in and out, f32 accumulation, bias and GELU fused.
 
-use burn::tensor::Shape;
+use burn::tensor::{DType, Shape, Tensor as BurnTensor, backend::Backend};
 use burn_cubecl::cubecl::{calculate_cube_count_elemwise, prelude::*};
 use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{CubeRuntime, kernel::into_contiguous};
 
-use super::CubeKernel;
-use crate::depthwise::DepthwiseOptions;
+use crate::{CubeKernel, float, run};
+
+/// The geometry of a per-channel convolution: every output channel reads exactly one input
+/// channel (`groups == c_in`, `c_out = multiplier · c_in`), square kernel, no dilation, the same
+/// padding on every side, a bias, and optionally GELU (exact, erf) on the result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Depthwise {
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: usize,
+    /// Output channels per input channel.
+    pub multiplier: usize,
+    /// GELU (erf form) applied to the biased result inside the same kernel.
+    pub gelu: bool,
+}
+
+impl Depthwise {
+    /// Output size along one spatial axis of `size` input pixels.
+    pub fn output_size(&self, size: usize) -> usize {
+        (size + 2 * self.padding - self.kernel) / self.stride + 1
+    }
+
+    /// Whether [`depthwise_conv2d`] takes these tensors: the per-channel convolution this
+    /// geometry describes, in one float type the kernel reads (f32, f16, bf16).
+    pub fn fits<B: Backend>(
+        &self,
+        x: &BurnTensor<B, 4>,
+        weight: &BurnTensor<B, 4>,
+        bias: &BurnTensor<B, 1>,
+    ) -> bool {
+        let [_, c_in, h, w] = x.dims();
+        let [c_out, in_per_group, kh, kw] = weight.dims();
+        let float = matches!(x.dtype(), DType::F32 | DType::F16 | DType::BF16);
+        in_per_group == 1
+            && kh == self.kernel
+            && kw == self.kernel
+            && self.stride > 0
+            && self.multiplier > 0
+            && c_out == c_in * self.multiplier
+            && bias.dims() == [c_out]
+            && h + 2 * self.padding >= self.kernel
+            && w + 2 * self.padding >= self.kernel
+            && float
+            && x.dtype() == weight.dtype()
+            && x.dtype() == bias.dtype()
+    }
+}
+
+/// Per-channel convolution `[batch, c_in, h, w]` (any strides) → `[batch, multiplier·c_in,
+/// h', w']` with weight `[multiplier·c_in, 1, k, k]` and bias `[multiplier·c_in]`, in one
+/// kernel that reads NCHW directly, accumulates in f32 at every precision and applies the bias
+/// and the GELU before writing (burn 0.21's convolution transposes to NHWC and back around its
+/// own kernel and leaves bias and activation to further launches).
+///
+/// # Panics
+/// Unless [`crate::available`] holds for `B` and `Kernel::Depthwise` and [`Depthwise::fits`] for the tensors.
+pub fn depthwise_conv2d<B: Backend>(
+    x: BurnTensor<B, 4>,
+    weight: BurnTensor<B, 4>,
+    bias: BurnTensor<B, 1>,
+    geometry: Depthwise,
+) -> BurnTensor<B, 4> {
+    assert!(
+        geometry.fits(&x, &weight, &bias),
+        "depthwise_conv2d: tensors do not match {geometry:?}"
+    );
+    run(
+        &DepthwiseConv2d(geometry),
+        vec![float(x), float(weight), float(bias)],
+    )
+}
 
 /// One thread per output element. The kernel geometry is compile-time, so each of FastViTHD's
 /// few (kernel, stride, padding, multiplier, GELU) combinations compiles to its own fully
@@ -67,14 +136,14 @@ fn depthwise_conv2d_kernel<F: Float>(
     output[ABSOLUTE_POS] = F::cast_from(acc);
 }
 
-/// The per-channel convolution of [`DepthwiseOptions`]: inputs `[x, weight, bias]` with `x`
+/// The per-channel convolution of [`Depthwise`]: inputs `[x, weight, bias]` with `x`
 /// `[batch, c_in, h, w]` (any strides), `weight` `[multiplier·c_in, 1, k, k]`, `bias`
 /// `[multiplier·c_in]`; output `[batch, multiplier·c_in, h', w']`.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct DepthwiseConv2d(pub DepthwiseOptions);
+struct DepthwiseConv2d(Depthwise);
 
 impl CubeKernel for DepthwiseConv2d {
-    const NAME: &'static str = "fastvithd_depthwise_conv2d";
+    const NAME: &'static str = "vlm_depthwise_conv2d";
 
     fn output_shape(&self, inputs: &[Shape]) -> Shape {
         let [batch, c_in, h, w] = inputs[0].dims();
@@ -104,7 +173,7 @@ impl CubeKernel for DepthwiseConv2d {
         let dtype = output.dtype.into();
         // SAFETY: every thread returns before touching memory unless its index is inside
         // `output`; its input and weight indices follow from the shapes, checked by
-        // `depthwise_conv2d` before the kernel is chosen.
+        // `depthwise_conv2d` (`Depthwise::fits`) before the launch.
         unsafe {
             depthwise_conv2d_kernel::launch_unchecked(
                 &output.client,

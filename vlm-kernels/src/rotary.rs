@@ -1,12 +1,35 @@
 //! The rotary embedding as one elementwise kernel.
 
-use burn::tensor::Shape;
+use burn::tensor::{Shape, Tensor as BurnTensor, backend::Backend};
 use burn_cubecl::CubeRuntime;
 use burn_cubecl::cubecl::{calculate_cube_count_elemwise, prelude::*};
 use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 
-use super::CubeKernel;
+use crate::{CubeKernel, float, run};
+
+/// The rotary embedding in the "rotate half" convention: `x` `[batch, heads, n, head_dim]` (any
+/// strides; head_dim even) with tables `cos`, `sin` `[1, 1, n, head_dim]` → `x·cos +
+/// rotate_half(x)·sin`, contiguous, in one elementwise kernel (burn's concatenation for
+/// `rotate_half` alone is two launches).
+///
+/// # Panics
+/// Unless [`crate::available`] holds for `B` and `Kernel::Rotary` and the shapes are as above.
+pub fn rotary<B: Backend>(
+    x: BurnTensor<B, 4>,
+    cos: BurnTensor<B, 4>,
+    sin: BurnTensor<B, 4>,
+) -> BurnTensor<B, 4> {
+    let [_, _, n, d] = x.dims();
+    assert!(
+        d % 2 == 0 && cos.dims() == [1, 1, n, d] && sin.dims() == [1, 1, n, d],
+        "rotary: x {:?} with tables {:?}, {:?}",
+        x.dims(),
+        cos.dims(),
+        sin.dims()
+    );
+    run(&Rotary, vec![float(x), float(cos), float(sin)])
+}
 
 /// One thread per output element: `x·cos + rotate_half(x)·sin`, where `rotate_half` pairs
 /// channel `i` of the first half with `i + d/2` (negated) and the reverse, read in place rather
@@ -48,10 +71,10 @@ fn rotary_kernel<F: Float>(
 /// Inputs `[x, cos, sin]`: `x` `[batch, heads, n, head_dim]` (any strides), the tables
 /// `[1, 1, n, head_dim]`; output `x` rotated, contiguous.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Rotary;
+struct Rotary;
 
 impl CubeKernel for Rotary {
-    const NAME: &'static str = "qwen2_rotary";
+    const NAME: &'static str = "vlm_rotary";
 
     fn output_shape(&self, inputs: &[Shape]) -> Shape {
         inputs[0].clone()
@@ -72,7 +95,7 @@ impl CubeKernel for Rotary {
         let cube_count = calculate_cube_count_elemwise(&x.client, units, cube_dim);
         let dtype = output.dtype.into();
         // SAFETY: threads past the output return first; the others index `x` and the tables
-        // within the shapes `RotaryEmbedding::apply` checked (tables of `x`'s positions and
+        // within the shapes `rotary` checked (tables of `x`'s positions and
         // channels, an even head_dim).
         unsafe {
             rotary_kernel::launch_unchecked(
