@@ -124,6 +124,13 @@ if [ -z "${SKIP_BENCH:-}" ]; then
   step "torch encoder bf16" 30 torch_ref encoder --res 1024 --dtype bf16 --iters 20
   # Our CubeCL kernels against burn's ops, and how many kernels each launches per forward.
   step "ours pipeline bf16, burn's ops" 90 ours_burn pipeline --backend cuda --dtype bf16 --iters 5 --tokens 64
+  # Each decoder kernel's share: the 0.5B decode with all kernels, without the batch-1 linear
+  # layers, without the norm kernel, and with burn's ops only (lines tagged "cubecl:<names>").
+  step "ours decode 0.5b bf16, kernels A/B" 120 bash -c '
+    ours decode --shape 0.5b --backend cuda --dtype bf16 --iters 3 --tokens 64
+    FASTVLM_CUBECL_KERNELS=depthwise,attention,rotary,rms_norm ours decode --shape 0.5b --backend cuda --dtype bf16 --iters 3 --tokens 64
+    FASTVLM_CUBECL_KERNELS=depthwise,attention,rotary,gemv ours decode --shape 0.5b --backend cuda --dtype bf16 --iters 3 --tokens 64
+    ours_burn decode --shape 0.5b --backend cuda --dtype bf16 --iters 3 --tokens 64'
   step "ours launches bf16" 60 ours launches --backend cuda --dtype bf16 --res 1024
   step "ours launches bf16, burn's ops" 60 ours_burn launches --backend cuda --dtype bf16 --res 1024
   step "ours decode 7b bf16" 120 ours decode --shape 7b --backend cuda --dtype bf16 --iters 3 --tokens 64

@@ -30,12 +30,12 @@ def load(run):
     return lines, card
 
 
-def find(lines, bench, impl, dtype, kernels=None):
-    """The line of `bench`; for ours, the run with our CubeCL kernels unless `kernels` says
-    "burn" (FASTVLM_CUBECL_KERNELS=off)."""
+def find(lines, bench, impl, dtype, kernels="cubecl"):
+    """The line of `bench`; for ours, the run whose kernels tag is `kernels`: "cubecl" (all of
+    our CubeCL kernels), "burn" (FASTVLM_CUBECL_KERNELS=off) or "cubecl:<names>" (only those)."""
     for l in lines:
         if l["bench"] == bench and l["impl"] == impl and l["dtype"] == dtype:
-            if impl == "ours" and (l.get("kernels") == "burn") != (kernels == "burn"):
+            if impl == "ours" and l.get("kernels", "cubecl") != kernels:
                 continue
             return l
     return None
@@ -88,12 +88,24 @@ def render(lines, card, commit):
         for l in prof:
             out.append(f"| `{l['bench'][len('profile/'):]}` | {ms(l['ms_median'])} | {ms(l['ms_min'])} | "
                        f"{ms(l['ms_first'])} |")
+    partial = [l for l in lines if l["impl"] == "ours" and l.get("kernels", "").startswith("cubecl:")]
+    if partial:
+        out += ["", "Our kernels one by one (`FASTVLM_CUBECL_KERNELS=<names>`: only those on, burn's ops "
+                "for the rest):", "", "| measurement | kernels on | value | all kernels | burn's ops |",
+                "|---|---|---|---|---|"]
+        for l in partial:
+            key = "tok_per_s_median" if "tok_per_s_median" in l else "ms_median"
+            fmt = (lambda v: "–" if v is None else f"{v:.1f} tok/s") if key.startswith("tok") else ms
+            a = find(lines, l["bench"], "ours", l["dtype"])
+            b = find(lines, l["bench"], "ours", l["dtype"], kernels="burn")
+            out.append(f"| `{l['bench']}` {l['dtype']} | {l['kernels'][len('cubecl:'):]} | {fmt(l.get(key))} | "
+                       f"{fmt(field(a, key))} | {fmt(field(b, key))} |")
     launches = [l for l in lines if l["bench"].startswith("launches/") and l["impl"] == "ours"]
     if launches:
         out += ["", "Kernel launches per forward (`fastvlm-bench launches`, CubeCL's execution log):", "",
                 "| forward | ours | burn's ops | kinds (ours) |", "|---|---|---|---|"]
         for l in launches:
-            if l.get("kernels") == "burn":
+            if l.get("kernels", "cubecl") != "cubecl":
                 continue
             b = find(lines, l["bench"], "ours", l["dtype"], kernels="burn")
             kinds = ", ".join(f"{k} {n}" for k, n in l.get("by_kind", {}).items())

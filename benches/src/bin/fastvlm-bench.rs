@@ -85,10 +85,16 @@ fn run<B: Backend>(args: &[String], backend_name: &str) -> ExitCode {
     let device = B::Device::default();
     let dtype = format!("{:?}", Tensor::<B, 1>::zeros([1], &device).dtype()).to_lowercase();
     let cubecl = fastvithd::uses_cubecl_kernels::<B>() || qwen2_decoder::uses_cubecl_kernels::<B>();
+    // A partial switch (`FASTVLM_CUBECL_KERNELS=attention,rotary`) is named in the tag.
+    let kernels = match std::env::var("FASTVLM_CUBECL_KERNELS") {
+        _ if !cubecl => "burn".to_string(),
+        Ok(list) if !matches!(list.trim(), "" | "on" | "all") => format!("cubecl:{}", list.trim()),
+        _ => "cubecl".to_string(),
+    };
     let tag = Tag {
         backend: backend_name.to_string(),
         dtype,
-        kernels: if cubecl { "cubecl" } else { "burn" },
+        kernels,
     };
     match args.first().map(String::as_str) {
         Some("encoder") => {
@@ -153,9 +159,10 @@ fn run<B: Backend>(args: &[String], backend_name: &str) -> ExitCode {
 struct Tag {
     backend: String,
     dtype: String,
-    /// `cubecl` where the models run their own CubeCL kernels, `burn` where burn's ops do all
-    /// (CPU backends, or `FASTVLM_CUBECL_KERNELS=off`).
-    kernels: &'static str,
+    /// `cubecl` where the models run all their own CubeCL kernels, `cubecl:<names>` where
+    /// `FASTVLM_CUBECL_KERNELS` switched on only those, `burn` where burn's ops do all (CPU
+    /// backends, or `FASTVLM_CUBECL_KERNELS=off`).
+    kernels: String,
 }
 
 impl Tag {
