@@ -52,10 +52,16 @@ impl<B: Backend> Qwen2Attention<B> {
                 heads(self.v_proj.forward(x), self.num_kv_heads),
             ),
         };
-        let q = RotaryEmbedding::apply(q, &rope.0, &rope.1);
-        let k = RotaryEmbedding::apply(k, &rope.0, &rope.1);
-
-        let (k, v) = cache.append(start, k, v);
+        #[cfg(feature = "cubecl")]
+        let fused = cache.rotate_and_append(start, [&q, &k, &v], rope);
+        #[cfg(not(feature = "cubecl"))]
+        let fused = None;
+        let (q, k, v) = fused.unwrap_or_else(|| {
+            let q = RotaryEmbedding::apply(q, &rope.0, &rope.1);
+            let k = RotaryEmbedding::apply(k, &rope.0, &rope.1);
+            let (k, v) = cache.append(start, k, v);
+            (q, k, v)
+        });
         let out = self.attend(q, k, v, start + n);
         // `[batch, heads, 1, d]` is already `[batch, 1, hidden]` in memory; the swap would make
         // burn copy it.

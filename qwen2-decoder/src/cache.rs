@@ -91,3 +91,42 @@ impl<B: Backend> LayerCache<B> {
         (self.keys.clone(), self.values.clone())
     }
 }
+
+#[cfg(feature = "cubecl")]
+impl<B: Backend> LayerCache<B> {
+    /// Rotates the new queries and keys and writes keys and values at `start`, in one launch on
+    /// the CubeCL backends (`vlm_kernels::rotary_append`, the buffers updated in place): q
+    /// `[batch, heads, n, d]`, k and v `[batch, kv_heads, n, d]`, tables `[1, 1, n, d]`. Returns
+    /// the rotated queries and the whole buffers as [`LayerCache::append`] does; `None` (nothing
+    /// done) where the kernel does not apply.
+    pub fn rotate_and_append(
+        &mut self,
+        start: usize,
+        [q, k, v]: [&Tensor<B, 4>; 3],
+        (cos, sin): &(Tensor<B, 4>, Tensor<B, 4>),
+    ) -> Option<(Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>)> {
+        use vlm_kernels::{Kernel, available, rotary_append, rotary_append_fits};
+        let fits = available::<B>(Kernel::Rotary)
+            && rotary_append_fits(q, k, v, cos, sin, &self.keys, &self.values, start);
+        if !fits {
+            return None;
+        }
+        // Moved out, so the kernel holds the only reference and writes in place.
+        let empty = || Tensor::empty([0, 0, 0, 0], &q.device());
+        let keys = std::mem::replace(&mut self.keys, empty());
+        let values = std::mem::replace(&mut self.values, empty());
+        let (q, keys, values) = rotary_append(
+            q.clone(),
+            k.clone(),
+            v.clone(),
+            cos.clone(),
+            sin.clone(),
+            keys,
+            values,
+            start,
+        );
+        self.keys = keys;
+        self.values = values;
+        Some((q, self.keys.clone(), self.values.clone()))
+    }
+}

@@ -251,11 +251,11 @@ impl FlashAttention {
 impl CubeKernel for FlashAttention {
     const NAME: &'static str = "vlm_flash_attention";
 
-    fn output_shape(&self, inputs: &[Shape]) -> Shape {
-        inputs[0].clone()
+    fn output_shapes(&self, inputs: &[Shape]) -> Vec<Shape> {
+        vec![inputs[0].clone()]
     }
 
-    fn launch<R: CubeRuntime>(&self, inputs: Vec<CubeTensor<R>>) -> CubeTensor<R> {
+    fn launch<R: CubeRuntime>(&self, inputs: Vec<CubeTensor<R>>) -> Vec<CubeTensor<R>> {
         let [query, keys, values]: [CubeTensor<R>; 3] = inputs
             .try_into()
             .expect("attention takes query, keys and values");
@@ -292,6 +292,6 @@ impl CubeKernel for FlashAttention {
                 dtype,
             )
         };
-        output
+        vec![output]
     }
 }

@@ -107,11 +107,11 @@ pub(crate) struct DecodeAttention {
 impl CubeKernel for DecodeAttention {
     const NAME: &'static str = "vlm_decode_attention";
 
-    fn output_shape(&self, inputs: &[Shape]) -> Shape {
-        inputs[0].clone()
+    fn output_shapes(&self, inputs: &[Shape]) -> Vec<Shape> {
+        vec![inputs[0].clone()]
     }
 
-    fn launch<R: CubeRuntime>(&self, inputs: Vec<CubeTensor<R>>) -> CubeTensor<R> {
+    fn launch<R: CubeRuntime>(&self, inputs: Vec<CubeTensor<R>>) -> Vec<CubeTensor<R>> {
         let [query, keys, values]: [CubeTensor<R>; 3] = inputs
             .try_into()
             .expect("decode attention takes query, keys and values");
@@ -138,6 +138,6 @@ impl CubeKernel for DecodeAttention {
             CHUNK,
             dtype,
         );
-        output
+        vec![output]
     }
 }

@@ -145,18 +145,18 @@ struct DepthwiseConv2d(Depthwise);
 impl CubeKernel for DepthwiseConv2d {
     const NAME: &'static str = "vlm_depthwise_conv2d";
 
-    fn output_shape(&self, inputs: &[Shape]) -> Shape {
+    fn output_shapes(&self, inputs: &[Shape]) -> Vec<Shape> {
         let [batch, c_in, h, w] = inputs[0].dims();
         let options = self.0;
-        Shape::new([
+        vec![Shape::new([
             batch,
             c_in * options.multiplier,
             options.output_size(h),
             options.output_size(w),
-        ])
+        ])]
     }
 
-    fn launch<R: CubeRuntime>(&self, inputs: Vec<CubeTensor<R>>) -> CubeTensor<R> {
+    fn launch<R: CubeRuntime>(&self, inputs: Vec<CubeTensor<R>>) -> Vec<CubeTensor<R>> {
         let [x, weight, bias]: [CubeTensor<R>; 3] = inputs
             .try_into()
             .expect("the depthwise convolution takes x, weight and bias");
@@ -164,7 +164,10 @@ impl CubeKernel for DepthwiseConv2d {
         // The kernel indexes the taps of a row contiguously.
         let weight = into_contiguous(weight);
         let bias = into_contiguous(bias);
-        let out_shape = self.output_shape(&[x.meta.shape().clone()]);
+        let [out_shape] = self
+            .output_shapes(&[x.meta.shape().clone()])
+            .try_into()
+            .expect("one output");
         let output = empty_device_dtype(x.client.clone(), x.device.clone(), out_shape, x.dtype);
 
         let units = output.meta.num_elements();
@@ -191,6 +194,6 @@ impl CubeKernel for DepthwiseConv2d {
                 dtype,
             )
         };
-        output
+        vec![output]
     }
 }

@@ -258,11 +258,11 @@ impl Gemv {
 impl CubeKernel for Gemv {
     const NAME: &'static str = "vlm_linear_row";
 
-    fn output_shape(&self, inputs: &[Shape]) -> Shape {
-        Shape::new([1, 1, self.width(inputs)])
+    fn output_shapes(&self, inputs: &[Shape]) -> Vec<Shape> {
+        vec![Shape::new([1, 1, self.width(inputs)])]
     }
 
-    fn launch<R: CubeRuntime>(&self, inputs: Vec<CubeTensor<R>>) -> CubeTensor<R> {
+    fn launch<R: CubeRuntime>(&self, inputs: Vec<CubeTensor<R>>) -> Vec<CubeTensor<R>> {
         let shapes: Vec<Shape> = inputs.iter().map(|t| t.meta.shape().clone()).collect();
         let width = self.width(&shapes);
         let mut inputs = inputs.into_iter();
@@ -320,6 +320,6 @@ impl CubeKernel for Gemv {
                 dtype,
             )
         };
-        output
+        vec![output]
     }
 }

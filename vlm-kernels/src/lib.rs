@@ -28,7 +28,7 @@ pub use attention::{KvAttention, attention};
 pub use depthwise::{Depthwise, depthwise_conv2d};
 pub use gemv::{RowProjection, linear_row, linear_row_fits};
 pub use rms_norm::{rms_norm, rms_norm_fits};
-pub use rotary::rotary;
+pub use rotary::{rotary, rotary_append, rotary_append_fits};
 
 use std::any::{Any, TypeId};
 use std::fmt;
@@ -39,16 +39,17 @@ use burn_cubecl::fusion::FusionCubeRuntime;
 use burn_cubecl::{CubeBackend, CubeRuntime, tensor::CubeTensor};
 use burn_fusion::stream::{Operation, OperationStreams};
 use burn_fusion::{FusionRuntime, FusionTensor};
-use burn_ir::{CustomOpIr, HandleContainer, OperationIr, OperationOutput, TensorIr};
+use burn_ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
 
-/// A kernel with float tensor inputs and one float output, launched on any CubeCL runtime.
+/// A kernel with float tensor inputs and float outputs, launched on any CubeCL runtime.
 pub(crate) trait CubeKernel: fmt::Debug + Clone + Send + Sync + 'static {
     /// The custom operation's name in burn's fusion stream.
     const NAME: &'static str;
-    /// The output's shape for inputs of these shapes.
-    fn output_shape(&self, inputs: &[Shape]) -> Shape;
-    /// Launches the kernel; the output is a new tensor of the input's dtype.
-    fn launch<R: CubeRuntime>(&self, inputs: Vec<CubeTensor<R>>) -> CubeTensor<R>;
+    /// The outputs' shapes for inputs of these shapes.
+    fn output_shapes(&self, inputs: &[Shape]) -> Vec<Shape>;
+    /// Launches the kernel; the outputs are in the first input's dtype (new tensors, or inputs
+    /// the kernel owns and updates in place).
+    fn launch<R: CubeRuntime>(&self, inputs: Vec<CubeTensor<R>>) -> Vec<CubeTensor<R>>;
 }
 
 /// The inner backend a fused CubeCL tensor resolves to. Its float element only names a default:
@@ -62,7 +63,7 @@ pub enum Kernel {
     Depthwise,
     /// [`attention`].
     Attention,
-    /// [`rotary`].
+    /// [`rotary`] and [`rotary_append`].
     Rotary,
     /// [`linear_row`].
     Gemv,
@@ -132,11 +133,22 @@ pub(crate) fn float<B: Backend, const D: usize>(t: Tensor<B, D>) -> B::FloatTens
     t.into_primitive().tensor()
 }
 
-/// Runs `kernel` on `inputs`. Only on a [`cubecl_backend`].
+/// Runs `kernel` on `inputs`; its one output. Only on a [`cubecl_backend`].
 pub(crate) fn run<B: Backend, K: CubeKernel, const D: usize>(
     kernel: &K,
     inputs: Vec<B::FloatTensorPrimitive>,
 ) -> Tensor<B, D> {
+    let [output] = run_all(kernel, inputs)
+        .try_into()
+        .expect("a kernel with one output");
+    output
+}
+
+/// Runs `kernel` on `inputs`; its outputs, all of rank `D`. Only on a [`cubecl_backend`].
+pub(crate) fn run_all<B: Backend, K: CubeKernel, const D: usize>(
+    kernel: &K,
+    inputs: Vec<B::FloatTensorPrimitive>,
+) -> Vec<Tensor<B, D>> {
     #[cfg(feature = "wgpu")]
     if on::<B, burn::backend::wgpu::WgpuRuntime>() {
         return on_runtime::<B, burn::backend::wgpu::WgpuRuntime, K, D>(kernel, inputs);
@@ -159,16 +171,21 @@ fn on<B: Backend, R: CubeRuntime>() -> bool {
 fn on_runtime<B: Backend, R: CubeRuntime, K: CubeKernel, const D: usize>(
     kernel: &K,
     inputs: Vec<B::FloatTensorPrimitive>,
-) -> Tensor<B, D> {
-    let out = if is::<B::FloatTensorPrimitive, CubeTensor<R>>() {
-        cast(kernel.launch::<R>(inputs.into_iter().map(cast).collect()))
+) -> Vec<Tensor<B, D>> {
+    let outputs: Vec<B::FloatTensorPrimitive> = if is::<B::FloatTensorPrimitive, CubeTensor<R>>() {
+        let inputs = inputs.into_iter().map(cast).collect();
+        kernel.launch::<R>(inputs).into_iter().map(cast).collect()
     } else {
-        cast(fused::<R, K>(
-            kernel,
-            inputs.into_iter().map(cast).collect(),
-        ))
+        let inputs = inputs.into_iter().map(cast).collect();
+        fused::<R, K>(kernel, inputs)
+            .into_iter()
+            .map(cast)
+            .collect()
     };
-    Tensor::from_primitive(TensorPrimitive::Float(out))
+    outputs
+        .into_iter()
+        .map(|t| Tensor::from_primitive(TensorPrimitive::Float(t)))
+        .collect()
 }
 
 fn is<T: 'static, U: 'static>() -> bool {
@@ -188,26 +205,24 @@ fn cast<T: 'static, U: 'static>(value: T) -> U {
 fn fused<R: CubeRuntime, K: CubeKernel>(
     kernel: &K,
     inputs: Vec<FusionTensor<FusionCubeRuntime<R>>>,
-) -> FusionTensor<FusionCubeRuntime<R>> {
+) -> Vec<FusionTensor<FusionCubeRuntime<R>>> {
     let shapes: Vec<Shape> = inputs.iter().map(|t| t.shape.clone()).collect();
     let client = inputs[0].client.clone();
     let dtype = inputs[0].dtype;
     let streams = OperationStreams::with_inputs(&inputs);
-    let out = TensorIr::uninit(
-        client.create_empty_handle(),
-        kernel.output_shape(&shapes),
-        dtype,
-    );
+    let outputs: Vec<TensorIr> = kernel
+        .output_shapes(&shapes)
+        .into_iter()
+        .map(|shape| TensorIr::uninit(client.create_empty_handle(), shape, dtype))
+        .collect();
     let inputs: Vec<TensorIr> = inputs.into_iter().map(FusionTensor::into_ir).collect();
-    let desc = CustomOpIr::new(K::NAME, &inputs, &[out]);
+    let desc = CustomOpIr::new(K::NAME, &inputs, &outputs);
     let op = KernelOp::<R, K> {
         desc: desc.clone(),
         kernel: kernel.clone(),
         runtime: PhantomData,
     };
-    client
-        .register(streams, OperationIr::Custom(desc), op)
-        .output()
+    client.register(streams, OperationIr::Custom(desc), op)
 }
 
 struct KernelOp<R, K> {
@@ -236,7 +251,9 @@ impl<R: CubeRuntime, K: CubeKernel> Operation<FusionCubeRuntime<R>> for KernelOp
             .iter()
             .map(|t| handles.get_float_tensor::<Inner<R>>(t))
             .collect();
-        let y = self.kernel.launch::<R>(inputs);
-        handles.register_float_tensor::<Inner<R>>(&self.desc.outputs[0].id, y);
+        let outputs = self.kernel.launch::<R>(inputs);
+        for (desc, y) in self.desc.outputs.iter().zip(outputs) {
+            handles.register_float_tensor::<Inner<R>>(&desc.id, y);
+        }
     }
 }

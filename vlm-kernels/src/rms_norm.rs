@@ -107,11 +107,11 @@ struct RmsNorm {
 impl CubeKernel for RmsNorm {
     const NAME: &'static str = "vlm_rms_norm";
 
-    fn output_shape(&self, inputs: &[Shape]) -> Shape {
-        inputs[0].clone()
+    fn output_shapes(&self, inputs: &[Shape]) -> Vec<Shape> {
+        vec![inputs[0].clone()]
     }
 
-    fn launch<R: CubeRuntime>(&self, inputs: Vec<CubeTensor<R>>) -> CubeTensor<R> {
+    fn launch<R: CubeRuntime>(&self, inputs: Vec<CubeTensor<R>>) -> Vec<CubeTensor<R>> {
         let [x, weight]: [CubeTensor<R>; 2] =
             inputs.try_into().expect("rms_norm takes x and weight");
         let [batch, seq, _] = x.meta.shape().dims();
@@ -138,6 +138,6 @@ impl CubeKernel for RmsNorm {
                 dtype,
             )
         };
-        output
+        vec![output]
     }
 }

@@ -577,3 +577,98 @@ fn wgpu_rms_norm_kernel_matches_burn() {
         }
     }
 }
+
+/// The rotary embedding and the KV cache write in one launch (`vlm_kernels::rotary_append`)
+/// against `RotaryEmbedding::apply` and a slice assignment on the CPU: a prefill and a decoding
+/// step's shapes with grouped kv heads and strided inputs, the caches written in place when
+/// the kernel holds the only reference and copied (the held cache left as it was) when not.
+#[test]
+fn wgpu_rotary_append_kernel_matches_burn() {
+    use burn::backend::Flex;
+    use burn::tensor::Distribution;
+    use burn::tensor::backend::Backend;
+    use qwen2_decoder::RotaryEmbedding;
+    use vlm_kernels::{Kernel, rotary_append};
+
+    if !adapter(DType::F32) {
+        return;
+    }
+    assert!(vlm_kernels::available::<Wgpu<f32>>(Kernel::Rotary));
+
+    /// `[q, k, v, keys, values]` after the kernel, and the caches as first held when `keep`.
+    fn run<B: Backend>(
+        data: &[TensorData; 5],
+        rope: &RotaryEmbedding,
+        start: usize,
+        keep: bool,
+    ) -> (Vec<TensorData>, Option<[TensorData; 2]>) {
+        let device = Default::default();
+        let [q, k, v, keys, values] = data.clone().map(|d| Tensor::<B, 4>::from_data(d, &device));
+        // Strided views, as the decoder's heads are.
+        let (q, k, v) = (
+            q.swap_dims(1, 2).swap_dims(1, 2) * 1.0,
+            k.swap_dims(2, 3).swap_dims(2, 3),
+            v,
+        );
+        let n = q.dims()[2];
+        let (cos, sin) = rope.tables::<B>(start, n, &device);
+        let held = keep.then(|| (keys.clone(), values.clone()));
+        let (q, keys, values) = rotary_append(q, k, v, cos, sin, keys, values, start);
+        let outputs = vec![q.into_data(), keys.into_data(), values.into_data()];
+        (outputs, held.map(|(k, v)| [k.into_data(), v.into_data()]))
+    }
+
+    let cpu = Default::default();
+    let normal = |shape: [usize; 4]| {
+        Tensor::<Flex, 4>::random(shape, Distribution::Normal(0.0, 1.0), &cpu).into_data()
+    };
+    // (batch, heads, kv_heads, n, capacity, start, head_dim)
+    for (i, &(batch, heads, kv_heads, n, capacity, start, d)) in [
+        (1, 4, 2, 9, 20, 0, 64),
+        (1, 14, 2, 1, 20, 11, 64),
+        (2, 7, 1, 3, 8, 5, 128),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let rope = RotaryEmbedding {
+            head_dim: d,
+            theta: 1_000_000.0,
+        };
+        let data = [
+            normal([batch, heads, n, d]),
+            normal([batch, kv_heads, n, d]),
+            normal([batch, kv_heads, n, d]),
+            normal([batch, kv_heads, capacity, d]),
+            normal([batch, kv_heads, capacity, d]),
+        ];
+        let [q, k, v, keys, values] = data.clone().map(|d| Tensor::<Flex, 4>::from_data(d, &cpu));
+        let (cos, sin) = rope.tables::<Flex>(start, n, &cpu);
+        let range = [0..batch, 0..kv_heads, start..start + n, 0..d];
+        let want = [
+            RotaryEmbedding::apply(q, &cos, &sin),
+            keys.clone()
+                .slice_assign(range.clone(), RotaryEmbedding::apply(k, &cos, &sin)),
+            values.clone().slice_assign(range, v),
+        ];
+        for keep in [false, true] {
+            for (backend, (got, held)) in [
+                ("fused", run::<Wgpu<f32>>(&data, &rope, start, keep)),
+                ("bare", run::<Bare>(&data, &rope, start, keep)),
+            ] {
+                for (j, (got, want)) in got.into_iter().zip(&want).enumerate() {
+                    let err = rel_l2(Tensor::<Flex, 4>::from_data(got, &cpu), want.clone());
+                    assert!(
+                        err <= 1e-6,
+                        "case {i} output {j} on {backend}: rel-L2 {err:.3e}"
+                    );
+                }
+                if let Some([k, v]) = held {
+                    // A cache someone else holds is not written: the kernel copied it.
+                    k.assert_eq(&data[3], true);
+                    v.assert_eq(&data[4], true);
+                }
+            }
+        }
+    }
+}
