@@ -164,6 +164,13 @@ impl<B: Backend> Qwen2<B> {
         self.embed_tokens.forward(ids)
     }
 
+    /// The input embedding `[1, 1, hidden]` of one token id known on the host (a decoding
+    /// step's sampled token): a view of its row, where [`Self::embed`] looks the id up in every
+    /// vocabulary block on the device. `None` past the vocabulary.
+    pub fn embed_token(&self, id: usize) -> Option<Tensor<B, 3>> {
+        self.embed_tokens.row(id).map(|row| row.unsqueeze())
+    }
+
     /// Runs input embeddings `[batch, n, hidden]` at the positions after the cached ones and
     /// returns the final-norm hidden states `[batch, n, hidden]`; the cache grows by `n`.
     pub fn hidden(

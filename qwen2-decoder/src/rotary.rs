@@ -51,16 +51,6 @@ impl RotaryEmbedding {
         sin: &Tensor<B, 4>,
     ) -> Tensor<B, 4> {
         let [b, h, n, d] = x.dims();
-        // On the CubeCL backends one kernel (the concatenation below is two launches, the
-        // arithmetic one or two more).
-        #[cfg(feature = "cubecl")]
-        if d % 2 == 0
-            && cos.dims() == [1, 1, n, d]
-            && sin.dims() == [1, 1, n, d]
-            && vlm_kernels::available::<B>(vlm_kernels::Kernel::Rotary)
-        {
-            return vlm_kernels::rotary(x, cos.clone(), sin.clone());
-        }
         let x1 = x.clone().narrow(3, 0, d / 2);
         let x2 = x.clone().narrow(3, d / 2, d / 2);
         let rotated = Tensor::cat(vec![x2.neg(), x1], 3);

@@ -37,6 +37,19 @@ impl<B: Backend> TokenEmbedding<B> {
         self.blocks.iter().map(|b| b.dims()[0]).sum()
     }
 
+    /// Row `id` as `[1, hidden]` (a view of its block), `None` past the vocabulary.
+    pub fn row(&self, id: usize) -> Option<Tensor<B, 2>> {
+        let mut start = 0;
+        for block in &self.blocks {
+            let rows = block.dims()[0];
+            if id < start + rows {
+                return Some(block.val().narrow(0, id - start, 1));
+            }
+            start += rows;
+        }
+        None
+    }
+
     /// Ids `[batch, seq]` → rows `[batch, seq, hidden]`.
     pub fn forward(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
         let [batch, seq] = ids.dims();

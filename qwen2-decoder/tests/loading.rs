@@ -122,6 +122,19 @@ fn vocabulary_blocks_change_nothing() {
         let a = whole.embed(ids.clone());
         let b = blocked.embed(ids.clone());
         assert_eq!(a.to_data(), b.to_data(), "embeddings differ (tied {tied})");
+        // A host-side id's row (a decoding step's input) is the same row, in any block.
+        for (i, id) in [0usize, 6, 7, 13, 49].into_iter().enumerate() {
+            let want = whole.embed(Tensor::from_data(
+                TensorData::new(vec![id as i64], [1, 1]),
+                &device,
+            ));
+            for model in [&whole, &blocked] {
+                let row = model.embed_token(id).expect("inside the vocabulary");
+                assert_eq!(row.dims(), [1, 1, 64]);
+                assert_eq!(row.to_data(), want.to_data(), "row of id {id} ({i})");
+            }
+        }
+        assert!(whole.embed_token(50).is_none() && blocked.embed_token(50).is_none());
         let mut ca = whole.new_cache(2, 8, &device).unwrap();
         let mut cb = blocked.new_cache(2, 8, &device).unwrap();
         let la = whole.forward(ids.clone(), &mut ca).unwrap();

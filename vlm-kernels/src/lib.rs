@@ -9,7 +9,8 @@
 //!
 //! The ops: [`depthwise_conv2d`] (FastViTHD's spatial mixing), [`attention`] (FastViTHD's
 //! attention stages, the decoder's prefill and its one-position decoding step over a KV cache),
-//! [`rotary`] and [`rms_norm`] (the decoder's rotary embedding and norms) and [`linear_row`] (a
+//! [`rotary_append`] and [`rms_norm`] (the decoder's rotary embedding with the KV cache write,
+//! and its norms) and [`linear_row`] (a
 //! decoding step's linear layers at batch 1: q/k/v in one launch, SwiGLU in one, the residual
 //! added on the way out). Each is checked against burn's ops on the CPU
 //! in `vlm-pipeline/tests/wgpu_parity.rs`.
@@ -28,7 +29,7 @@ pub use attention::{KvAttention, attention};
 pub use depthwise::{Depthwise, depthwise_conv2d};
 pub use gemv::{RowProjection, linear_row, linear_row_fits};
 pub use rms_norm::{rms_norm, rms_norm_fits};
-pub use rotary::{rotary, rotary_append, rotary_append_fits};
+pub use rotary::{rotary_append, rotary_append_fits};
 
 use std::any::{Any, TypeId};
 use std::fmt;
@@ -63,7 +64,7 @@ pub enum Kernel {
     Depthwise,
     /// [`attention`].
     Attention,
-    /// [`rotary`] and [`rotary_append`].
+    /// [`rotary_append`].
     Rotary,
     /// [`linear_row`].
     Gemv,

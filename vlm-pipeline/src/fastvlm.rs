@@ -341,13 +341,15 @@ impl<B: Backend> FastVlm<B> {
             if token_ids.len() == max_new {
                 break;
             }
-            let next = Tensor::<B, 2, Int>::from_data(
-                TensorData::new(vec![token as i64], [1, 1]),
-                &self.device,
-            );
-            logits = self
-                .decoder
-                .forward_last(self.decoder.embed(next), &mut cache)?;
+            // The id is on the host already (sampled there): its row is a view, no lookup.
+            let next = match self.decoder.embed_token(token as usize) {
+                Some(row) => row,
+                None => self.decoder.embed(Tensor::<B, 2, Int>::from_data(
+                    TensorData::new(vec![token as i64], [1, 1]),
+                    &self.device,
+                )),
+            };
+            logits = self.decoder.forward_last(next, &mut cache)?;
         }
         metrics.generated_tokens = token_ids.len();
         let full = self.tokenizer.decode(&token_ids, true)?;

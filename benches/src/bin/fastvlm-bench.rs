@@ -29,7 +29,7 @@ use burn::tensor::activation::gelu;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::{attention, conv2d};
 use burn::tensor::ops::{AttentionModuleOptions, ConvOptions};
-use burn::tensor::{Distribution, Int, Tensor, TensorData};
+use burn::tensor::{Distribution, Tensor};
 use vlm_pipeline::backend::{self, Precision};
 
 fn flag(args: &[String], name: &str) -> Option<String> {
@@ -235,11 +235,10 @@ fn run_decoder<B: Backend>(tag: &Tag, iters: usize) -> ExitCode {
     let prompt = Tensor::<B, 3>::random([1, 280, 896], Distribution::Normal(0.0, 0.05), &device);
     let mut cache = model.new_cache(1, 280 + 64 * iters + 64, &device).unwrap();
     let _ = model.forward_last(prompt, &mut cache).unwrap();
-    let token = Tensor::<B, 2, Int>::from_data(TensorData::new(vec![872i64], [1, 1]), &device);
     // A step: embed, 24 layers with the cache, last-position logits, the id back on the host.
     measure(tag, "decoder/step", iters.max(16), || {
         let logits = model
-            .forward_last(model.embed(token.clone()), &mut cache)
+            .forward_last(step_embed(&model, 872), &mut cache)
             .unwrap();
         logits.argmax(1).into_data()
     });
@@ -267,6 +266,13 @@ fn run_pipeline<B: Backend>(tag: &Tag, iters: usize, tokens: usize) -> ExitCode 
     ExitCode::SUCCESS
 }
 
+/// A decoding step's input: the row of a token id the host holds, as the pipeline embeds it.
+fn step_embed<B: Backend>(decoder: &qwen2_decoder::Qwen2<B>, id: usize) -> Tensor<B, 3> {
+    decoder
+        .embed_token(id)
+        .expect("a token id inside the vocabulary")
+}
+
 /// Greedy decoding rate: after a random 280-position prompt, `tokens` steps each sending the
 /// sampled id to the host. Returns tokens per second.
 fn decode_rate<B: Backend>(
@@ -280,9 +286,15 @@ fn decode_rate<B: Backend>(
     let mut logits = decoder.forward_last(prompt.clone(), &mut cache).unwrap();
     let t = Instant::now();
     for _ in 0..tokens {
-        let id = logits.argmax(1);
-        drop(id.clone().into_data());
-        logits = decoder.forward_last(decoder.embed(id), &mut cache).unwrap();
+        let id = logits
+            .argmax(1)
+            .into_data()
+            .convert::<i64>()
+            .to_vec::<i64>()
+            .unwrap()[0];
+        logits = decoder
+            .forward_last(step_embed(decoder, id as usize), &mut cache)
+            .unwrap();
     }
     let _ = logits.into_data();
     tokens as f64 / t.elapsed().as_secs_f64()
@@ -327,10 +339,9 @@ fn run_decode<B: Backend>(
         .new_cache(1, 280 + 64 * iters + 64, &device)
         .unwrap();
     let _ = decoder.forward_last(prompt.clone(), &mut cache).unwrap();
-    let token = Tensor::<B, 2, Int>::from_data(TensorData::new(vec![872i64], [1, 1]), &device);
     measure(tag, &format!("decode/{shape}/step"), iters.max(16), || {
         let logits = decoder
-            .forward_last(decoder.embed(token.clone()), &mut cache)
+            .forward_last(step_embed(&decoder, 872), &mut cache)
             .unwrap();
         logits.argmax(1).into_data()
     });
@@ -520,14 +531,13 @@ fn run_profile<B: Backend>(tag: &Tag, iters: usize) -> ExitCode {
             .new_cache(1, 280 + 8 * (iters + 1) + 64, &device)
             .unwrap();
         let _ = decoder.forward_last(prompt, &mut cache).unwrap();
-        let token = Tensor::<B, 2, Int>::from_data(TensorData::new(vec![872i64], [1, 1]), &device);
         let p = |part: &str| format!("profile/step0.5b/{label}-block/{part}");
         measure(tag, &p("embed"), iters, || {
-            let y = decoder.embed(token.clone());
+            let y = step_embed(&decoder, 872);
             sync();
             y
         });
-        let embedded = decoder.embed(token.clone());
+        let embedded = step_embed(&decoder, 872);
         measure(tag, &p("layers"), iters, || {
             let y = decoder.hidden(embedded.clone(), &mut cache).unwrap();
             sync();
@@ -545,7 +555,7 @@ fn run_profile<B: Backend>(tag: &Tag, iters: usize) -> ExitCode {
         });
         measure(tag, &p("whole"), iters, || {
             let logits = decoder
-                .forward_last(decoder.embed(token.clone()), &mut cache)
+                .forward_last(step_embed(&decoder, 872), &mut cache)
                 .unwrap();
             logits.argmax(1).into_data()
         });
@@ -626,10 +636,9 @@ fn run_launches<B: Backend>(
     );
 
     let (_, mut cache) = prefill();
-    let token = Tensor::<B, 2, Int>::from_data(TensorData::new(vec![872i64], [1, 1]), &device);
     let mut step = || {
         let logits = decoder
-            .forward_last(decoder.embed(token.clone()), &mut cache)
+            .forward_last(step_embed(&decoder, 872), &mut cache)
             .unwrap();
         drop(logits.argmax(1).into_data());
     };
