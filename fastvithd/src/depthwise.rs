@@ -59,7 +59,8 @@ impl DepthwiseOptions {
 /// or `cuda` feature this is one kernel (`vlm_kernels::depthwise_conv2d`) that reads NCHW
 /// directly, accumulates in f32 at every precision and applies the bias and the GELU before
 /// writing: burn 0.21's convolution transposes to NHWC and back around its own kernel and
-/// leaves bias and activation to further launches. Every other backend takes burn's `conv2d` (+ `gelu`).
+/// leaves bias and activation to further launches. Every other backend takes burn's `conv2d`
+/// (+ `gelu`).
 pub fn depthwise_conv2d<B: Backend>(
     x: Tensor<B, 4>,
     weight: Tensor<B, 4>,

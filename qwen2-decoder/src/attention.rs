@@ -74,30 +74,20 @@ impl<B: Backend> Qwen2Attention<B> {
     }
 
     /// q, k and v side by side `[1, 1, q + 2·kv]` in one launch, for a single row on the
-    /// CubeCL backends (`vlm_kernels::linear_row`); `None` where the three matmuls run.
+    /// CubeCL backends; `None` where the three matmuls run.
     fn projections_row(&self, x: &Tensor<B, 3>) -> Option<Tensor<B, 3>> {
         #[cfg(feature = "cubecl")]
-        if vlm_kernels::available::<B>(vlm_kernels::Kernel::Gemv) {
-            let projections = [&self.q_proj, &self.k_proj, &self.v_proj];
-            let weights = projections.map(|p| p.weight.val());
-            // Biases on all three (Qwen2) or none; a mix takes the matmuls.
-            let biases: Vec<Tensor<B, 1>> = projections
-                .iter()
-                .filter_map(|p| p.bias.as_ref().map(|b| b.val()))
-                .collect();
-            let projection = vlm_kernels::RowProjection::Concat;
-            if vlm_kernels::linear_row_fits(x, &weights, &biases, projection, None) {
-                return Some(vlm_kernels::linear_row(
-                    x.clone(),
-                    &weights,
-                    &biases,
-                    projection,
-                    None,
-                ));
-            }
+        return crate::mlp::linear_row(
+            x,
+            &[&self.q_proj, &self.k_proj, &self.v_proj],
+            vlm_kernels::RowProjection::Concat,
+            None,
+        );
+        #[cfg(not(feature = "cubecl"))]
+        {
+            let _ = x;
+            None
         }
-        let _ = x;
-        None
     }
 
     /// Queries `[batch, heads, n, head_dim]` over the first `len` positions of the cache
@@ -150,9 +140,9 @@ impl<B: Backend> Qwen2Attention<B> {
 }
 
 /// Whether `B` runs any of the decoder's CubeCL kernels (from `vlm-kernels`: attention over the
-/// KV cache, the rotary embedding, the norms, a decoding step's linear layers) rather than burn's ops: on wgpu and CUDA backends when this
-/// crate is built with the matching feature (`wgpu`, `cuda`), unless `FASTVLM_CUBECL_KERNELS`
-/// switches them off.
+/// KV cache, the rotary embedding, the norms, a decoding step's linear layers) rather than
+/// burn's ops: on wgpu and CUDA backends when this crate is built with the matching feature
+/// (`wgpu`, `cuda`), unless `FASTVLM_CUBECL_KERNELS` switches them off.
 pub fn uses_cubecl_kernels<B: Backend>() -> bool {
     #[cfg(feature = "cubecl")]
     return [

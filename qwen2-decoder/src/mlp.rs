@@ -27,16 +27,15 @@ impl<B: Backend> Qwen2Mlp<B> {
     /// `silu(gate(x)) · up(x)`, `[batch, seq, intermediate]`.
     fn gated(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         #[cfg(feature = "cubecl")]
-        if vlm_kernels::available::<B>(vlm_kernels::Kernel::Gemv) {
-            use vlm_kernels::{RowProjection, linear_row, linear_row_fits};
-            let weights = [self.gate_proj.weight.val(), self.up_proj.weight.val()];
-            let bias_free = self.gate_proj.bias.is_none() && self.up_proj.bias.is_none();
-            let swiglu = RowProjection::SwiGlu;
-            if bias_free && linear_row_fits(&x, &weights, &[], swiglu, None) {
-                return linear_row(x, &weights, &[], swiglu, None);
-            }
-        }
-        silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x)
+        let row = linear_row(
+            &x,
+            &[&self.gate_proj, &self.up_proj],
+            vlm_kernels::RowProjection::SwiGlu,
+            None,
+        );
+        #[cfg(not(feature = "cubecl"))]
+        let row = None;
+        row.unwrap_or_else(|| silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x))
     }
 }
 
@@ -47,14 +46,37 @@ pub(crate) fn linear_add<B: Backend>(
     residual: Tensor<B, 3>,
 ) -> Tensor<B, 3> {
     #[cfg(feature = "cubecl")]
-    if vlm_kernels::available::<B>(vlm_kernels::Kernel::Gemv) {
-        use vlm_kernels::{RowProjection, linear_row, linear_row_fits};
-        let weights = [linear.weight.val()];
-        let biases: Vec<Tensor<B, 1>> = linear.bias.iter().map(|b| b.val()).collect();
-        let concat = RowProjection::Concat;
-        if linear_row_fits(&x, &weights, &biases, concat, Some(&residual)) {
-            return linear_row(x, &weights, &biases, concat, Some(residual));
-        }
+    let row = linear_row(
+        &x,
+        &[linear],
+        vlm_kernels::RowProjection::Concat,
+        Some(&residual),
+    );
+    #[cfg(not(feature = "cubecl"))]
+    let row = None;
+    row.unwrap_or_else(|| residual + linear.forward(x))
+}
+
+/// `linears` applied to a single row `x` `[1, 1, in]` as `projection` says (plus `residual`), in
+/// one launch (`vlm_kernels::linear_row`) where the backend runs the kernel and the tensors fit
+/// it (a batch-1 decoding step); `None` otherwise, for burn's matmuls.
+#[cfg(feature = "cubecl")]
+pub(crate) fn linear_row<B: Backend>(
+    x: &Tensor<B, 3>,
+    linears: &[&Linear<B>],
+    projection: vlm_kernels::RowProjection,
+    residual: Option<&Tensor<B, 3>>,
+) -> Option<Tensor<B, 3>> {
+    if !vlm_kernels::available::<B>(vlm_kernels::Kernel::Gemv) {
+        return None;
     }
-    residual + linear.forward(x)
+    let weights: Vec<Tensor<B, 2>> = linears.iter().map(|l| l.weight.val()).collect();
+    // Biases on all of them or none (a mix, or biases on SwiGLU, fail the fit).
+    let biases: Vec<Tensor<B, 1>> = linears
+        .iter()
+        .filter_map(|l| l.bias.as_ref().map(|b| b.val()))
+        .collect();
+    vlm_kernels::linear_row_fits(x, &weights, &biases, projection, residual).then(|| {
+        vlm_kernels::linear_row(x.clone(), &weights, &biases, projection, residual.cloned())
+    })
 }

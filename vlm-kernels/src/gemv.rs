@@ -210,13 +210,10 @@ pub fn linear_row_fits<B: Backend>(
     let dtype = x.dtype();
     let float = matches!(dtype, DType::F32 | DType::F16 | DType::BF16);
     let widths: Vec<usize> = weights.iter().map(|w| w.dims()[1]).collect();
-    let out = match projection {
-        RowProjection::Concat => widths.iter().sum(),
-        RowProjection::SwiGlu => widths[0],
-    };
-    let shape_ok = match projection {
-        RowProjection::Concat => (1..=3).contains(&weights.len()),
-        RowProjection::SwiGlu => weights.len() == 2 && widths[0] == widths[1] && biases.is_empty(),
+    let (shape_ok, out) = match (projection, widths.as_slice()) {
+        (RowProjection::Concat, _) => ((1..=3).contains(&widths.len()), widths.iter().sum()),
+        (RowProjection::SwiGlu, &[gate, up]) => (gate == up && biases.is_empty(), gate),
+        (RowProjection::SwiGlu, _) => (false, 0),
     };
     float
         && b == 1

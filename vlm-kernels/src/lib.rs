@@ -10,10 +10,9 @@
 //! The ops: [`depthwise_conv2d`] (FastViTHD's spatial mixing), [`attention`] (FastViTHD's
 //! attention stages, the decoder's prefill and its one-position decoding step over a KV cache),
 //! [`rotary_append`] and [`rms_norm`] (the decoder's rotary embedding with the KV cache write,
-//! and its norms) and [`linear_row`] (a
-//! decoding step's linear layers at batch 1: q/k/v in one launch, SwiGLU in one, the residual
-//! added on the way out). Each is checked against burn's ops on the CPU
-//! in `vlm-pipeline/tests/wgpu_parity.rs`.
+//! and its norms) and [`linear_row`] (a decoding step's linear layers at batch 1: q/k/v in one
+//! launch, SwiGLU in one, the residual added on the way out). Each is checked against burn's
+//! ops on the CPU in `vlm-pipeline/tests/wgpu_parity.rs`.
 //!
 //! `FASTVLM_CUBECL_KERNELS=off` leaves every op to burn, and a list of kernel names runs only
 //! those ([`switched_on`]), for timing each kernel against burn's op in one build.
@@ -73,14 +72,6 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 5] = [
-        Kernel::Depthwise,
-        Kernel::Attention,
-        Kernel::Rotary,
-        Kernel::Gemv,
-        Kernel::RmsNorm,
-    ];
-
     /// The kernel's name in `FASTVLM_CUBECL_KERNELS`.
     pub fn name(self) -> &'static str {
         match self {
