@@ -5,6 +5,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Tensor, backend::Backend};
 
 use crate::cache::LayerCache;
+use crate::rms_norm::RmsNorm;
 use crate::rotary::RotaryEmbedding;
 
 /// Grouped-query causal self-attention with rotary positions: q/k/v with bias, o without;
@@ -21,21 +22,47 @@ pub struct Qwen2Attention<B: Backend> {
 }
 
 impl<B: Backend> Qwen2Attention<B> {
-    /// `residual + attention(x)` for `x` `[batch, n, hidden]` (normed) at positions
-    /// `start..start + n`, attending to the cached positions and causally among the new ones;
-    /// `residual` and the result `[batch, n, hidden]`.
+    /// `x + attention(norm(x))` for `x` `[batch, n, hidden]` at positions `start..start + n`,
+    /// attending to the cached positions and causally among the new ones; `[batch, n, hidden]`
+    /// (the first half of a pre-norm layer).
     pub(crate) fn forward(
         &self,
         x: Tensor<B, 3>,
+        norm: &RmsNorm<B>,
         rope: &(Tensor<B, 4>, Tensor<B, 4>),
         cache: &mut LayerCache<B>,
         start: usize,
-        residual: Tensor<B, 3>,
     ) -> Tensor<B, 3> {
         let [batch, n, hidden] = x.dims();
+        let (q, k, v) = match self.step_inputs(&x, norm, rope, cache, start) {
+            Some(qkv) => qkv,
+            None => self.inputs(&x, norm, rope, cache, start),
+        };
+        let out = self.attend(q, k, v, start + n);
+        // `[batch, heads, 1, d]` is already `[batch, 1, hidden]` in memory; the swap would make
+        // burn copy it.
+        let out = if n == 1 {
+            out.reshape([batch, n, hidden])
+        } else {
+            out.swap_dims(1, 2).reshape([batch, n, hidden])
+        };
+        crate::mlp::linear_add(&self.o_proj, out, x)
+    }
+
+    /// Rotated queries `[batch, heads, n, d]` and the cache buffers with the new keys and
+    /// values written, from the layer's input `x` `[batch, n, hidden]`.
+    fn inputs(
+        &self,
+        x: &Tensor<B, 3>,
+        norm: &RmsNorm<B>,
+        rope: &(Tensor<B, 4>, Tensor<B, 4>),
+        cache: &mut LayerCache<B>,
+        start: usize,
+    ) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
+        let [batch, n, _] = x.dims();
         let heads =
             |t: Tensor<B, 3>, h: usize| t.reshape([batch, n, h, self.head_dim]).swap_dims(1, 2);
-        let (q, k, v) = match self.projections_row(&x) {
+        let (q, k, v) = match self.projections_row(x, norm) {
             // Split by heads after the reshape: a reshape of a narrowed view is a copy in burn.
             Some(qkv) => {
                 let all = heads(qkv, self.num_heads + 2 * self.num_kv_heads);
@@ -46,46 +73,81 @@ impl<B: Backend> Qwen2Attention<B> {
                     all.narrow(1, self.num_heads + kv, kv),
                 )
             }
-            None => (
-                heads(self.q_proj.forward(x.clone()), self.num_heads),
-                heads(self.k_proj.forward(x.clone()), self.num_kv_heads),
-                heads(self.v_proj.forward(x), self.num_kv_heads),
-            ),
+            None => {
+                let normed = norm.forward(x.clone());
+                (
+                    heads(self.q_proj.forward(normed.clone()), self.num_heads),
+                    heads(self.k_proj.forward(normed.clone()), self.num_kv_heads),
+                    heads(self.v_proj.forward(normed), self.num_kv_heads),
+                )
+            }
         };
         #[cfg(feature = "cubecl")]
         let fused = cache.rotate_and_append(start, [&q, &k, &v], rope);
         #[cfg(not(feature = "cubecl"))]
         let fused = None;
-        let (q, k, v) = fused.unwrap_or_else(|| {
+        fused.unwrap_or_else(|| {
             let q = RotaryEmbedding::apply(q, &rope.0, &rope.1);
             let k = RotaryEmbedding::apply(k, &rope.0, &rope.1);
             let (k, v) = cache.append(start, k, v);
             (q, k, v)
-        });
-        let out = self.attend(q, k, v, start + n);
-        // `[batch, heads, 1, d]` is already `[batch, 1, hidden]` in memory; the swap would make
-        // burn copy it.
-        let out = if n == 1 {
-            out.reshape([batch, n, hidden])
-        } else {
-            out.swap_dims(1, 2).reshape([batch, n, hidden])
-        };
-        crate::mlp::linear_add(&self.o_proj, out, residual)
+        })
     }
 
-    /// q, k and v side by side `[1, 1, q + 2·kv]` in one launch, for a single row on the
-    /// CubeCL backends; `None` where the three matmuls run.
-    fn projections_row(&self, x: &Tensor<B, 3>) -> Option<Tensor<B, 3>> {
+    /// [`Self::inputs`] for a decoding step at batch 1 in one launch on the CubeCL backends
+    /// (`vlm_kernels::qkv_rotary_append`: the norm, q/k/v, the rotation and the cache write);
+    /// `None` (nothing done) elsewhere.
+    fn step_inputs(
+        &self,
+        x: &Tensor<B, 3>,
+        norm: &RmsNorm<B>,
+        rope: &(Tensor<B, 4>, Tensor<B, 4>),
+        cache: &mut LayerCache<B>,
+        start: usize,
+    ) -> Option<(Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>)> {
+        #[cfg(feature = "cubecl")]
+        {
+            let projections = [&self.q_proj, &self.k_proj, &self.v_proj];
+            let biases: Vec<Tensor<B, 1>> = projections
+                .iter()
+                .filter_map(|l| l.bias.as_ref().map(|b| b.val()))
+                .collect();
+            let biases = match <[_; 3]>::try_from(biases) {
+                Ok(all) => Some(all),
+                Err(none) if none.is_empty() => None,
+                // Biases on some only: not the kernel's case.
+                Err(_) => return None,
+            };
+            cache.project_rotate_append(
+                start,
+                x,
+                Some(norm.row_norm()),
+                projections.map(|l| l.weight.val()),
+                biases,
+                rope,
+            )
+        }
+        #[cfg(not(feature = "cubecl"))]
+        {
+            let _ = (x, norm, rope, cache, start);
+            None
+        }
+    }
+
+    /// q, k and v of `norm(x)` side by side `[1, 1, q + 2·kv]` in one launch, for a single row
+    /// on the CubeCL backends; `None` where the norm and the three matmuls run.
+    fn projections_row(&self, x: &Tensor<B, 3>, norm: &RmsNorm<B>) -> Option<Tensor<B, 3>> {
         #[cfg(feature = "cubecl")]
         return crate::mlp::linear_row(
             x,
             &[&self.q_proj, &self.k_proj, &self.v_proj],
             vlm_kernels::RowProjection::Concat,
+            Some(norm),
             None,
         );
         #[cfg(not(feature = "cubecl"))]
         {
-            let _ = x;
+            let _ = (x, norm);
             None
         }
     }

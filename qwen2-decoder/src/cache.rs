@@ -129,4 +129,53 @@ impl<B: Backend> LayerCache<B> {
         self.values = values;
         Some((q, self.keys.clone(), self.values.clone()))
     }
+
+    /// A decoding step's attention inputs in one launch on the CubeCL backends
+    /// (`vlm_kernels::qkv_rotary_append`): the layer's input row `x` `[1, 1, hidden]` through
+    /// `norm` and the q/k/v `weights` `[hidden, out]` (with `biases`), q and k rotated, k and v
+    /// written at `start` in place. Returns the rotated queries `[1, heads, 1, d]` and the
+    /// whole buffers as [`LayerCache::append`] does; `None` (nothing done) where the kernel does
+    /// not apply.
+    pub fn project_rotate_append(
+        &mut self,
+        start: usize,
+        x: &Tensor<B, 3>,
+        norm: Option<vlm_kernels::RowNorm<B>>,
+        weights: [Tensor<B, 2>; 3],
+        biases: Option<[Tensor<B, 1>; 3]>,
+        (cos, sin): &(Tensor<B, 4>, Tensor<B, 4>),
+    ) -> Option<(Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>)> {
+        use vlm_kernels::{Kernel, available, qkv_rotary_append, qkv_rotary_append_fits};
+        let fits = available::<B>(Kernel::QkvRotary)
+            && qkv_rotary_append_fits(
+                x,
+                &weights,
+                biases.as_ref(),
+                norm.as_ref(),
+                (cos, sin),
+                &self.keys,
+                &self.values,
+                start,
+            );
+        if !fits {
+            return None;
+        }
+        // Moved out, so the kernel holds the only reference and writes in place.
+        let empty = || Tensor::empty([0, 0, 0, 0], &x.device());
+        let keys = std::mem::replace(&mut self.keys, empty());
+        let values = std::mem::replace(&mut self.values, empty());
+        let (q, keys, values) = qkv_rotary_append(
+            x.clone(),
+            weights,
+            biases,
+            norm,
+            (cos.clone(), sin.clone()),
+            keys,
+            values,
+            start,
+        );
+        self.keys = keys;
+        self.values = values;
+        Some((q, self.keys.clone(), self.values.clone()))
+    }
 }

@@ -23,9 +23,9 @@ impl<B: Backend> Qwen2DecoderLayer<B> {
         cache: &mut LayerCache<B>,
         start: usize,
     ) -> Tensor<B, 3> {
-        let normed = self.input_layernorm.forward(x.clone());
-        let x = self.self_attn.forward(normed, rope, cache, start, x);
-        let normed = self.post_attention_layernorm.forward(x.clone());
-        self.mlp.forward_add(normed, x)
+        let x = self
+            .self_attn
+            .forward(x, &self.input_layernorm, rope, cache, start);
+        self.mlp.forward_residual(x, &self.post_attention_layernorm)
     }
 }

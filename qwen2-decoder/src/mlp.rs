@@ -3,6 +3,8 @@ use burn::nn::Linear;
 use burn::tensor::activation::silu;
 use burn::tensor::{Tensor, backend::Backend};
 
+use crate::rms_norm::RmsNorm;
+
 /// SwiGLU feed-forward: `down(silu(gate(x)) · up(x))`, no biases.
 #[derive(Module, Debug)]
 pub struct Qwen2Mlp<B: Backend> {
@@ -17,11 +19,22 @@ impl<B: Backend> Qwen2Mlp<B> {
         self.down_proj.forward(self.gated(x))
     }
 
-    /// `residual + forward(x)`, `[batch, seq, hidden]` each: for a single row on the CubeCL
-    /// backends two launches (`vlm_kernels::linear_row`: gate, up and their product in one; down
-    /// and the sum in the other).
-    pub fn forward_add(&self, x: Tensor<B, 3>, residual: Tensor<B, 3>) -> Tensor<B, 3> {
-        linear_add(&self.down_proj, self.gated(x), residual)
+    /// `x + forward(norm(x))`, `[batch, seq, hidden]` each (the second half of a pre-norm
+    /// layer): for a single row on the CubeCL backends two launches (`vlm_kernels::linear_row`:
+    /// the norm, gate, up and their product in one; down and the sum in the other).
+    pub fn forward_residual(&self, x: Tensor<B, 3>, norm: &RmsNorm<B>) -> Tensor<B, 3> {
+        #[cfg(feature = "cubecl")]
+        let row = linear_row(
+            &x,
+            &[&self.gate_proj, &self.up_proj],
+            vlm_kernels::RowProjection::SwiGlu,
+            Some(norm),
+            None,
+        );
+        #[cfg(not(feature = "cubecl"))]
+        let row = None;
+        let gated = row.unwrap_or_else(|| self.gated(norm.forward(x.clone())));
+        linear_add(&self.down_proj, gated, x)
     }
 
     /// `silu(gate(x)) · up(x)`, `[batch, seq, intermediate]`.
@@ -31,6 +44,7 @@ impl<B: Backend> Qwen2Mlp<B> {
             &x,
             &[&self.gate_proj, &self.up_proj],
             vlm_kernels::RowProjection::SwiGlu,
+            None,
             None,
         );
         #[cfg(not(feature = "cubecl"))]
@@ -50,6 +64,7 @@ pub(crate) fn linear_add<B: Backend>(
         &x,
         &[linear],
         vlm_kernels::RowProjection::Concat,
+        None,
         Some(&residual),
     );
     #[cfg(not(feature = "cubecl"))]
@@ -57,14 +72,15 @@ pub(crate) fn linear_add<B: Backend>(
     row.unwrap_or_else(|| residual + linear.forward(x))
 }
 
-/// `linears` applied to a single row `x` `[1, 1, in]` as `projection` says (plus `residual`), in
-/// one launch (`vlm_kernels::linear_row`) where the backend runs the kernel and the tensors fit
-/// it (a batch-1 decoding step); `None` otherwise, for burn's matmuls.
+/// `linears` applied to a single row `x` `[1, 1, in]` as `projection` says (after `norm`, plus
+/// `residual`), in one launch (`vlm_kernels::linear_row`) where the backend runs the kernel and
+/// the tensors fit it (a batch-1 decoding step); `None` otherwise, for burn's ops.
 #[cfg(feature = "cubecl")]
 pub(crate) fn linear_row<B: Backend>(
     x: &Tensor<B, 3>,
     linears: &[&Linear<B>],
     projection: vlm_kernels::RowProjection,
+    norm: Option<&RmsNorm<B>>,
     residual: Option<&Tensor<B, 3>>,
 ) -> Option<Tensor<B, 3>> {
     if !vlm_kernels::available::<B>(vlm_kernels::Kernel::Gemv) {
@@ -76,7 +92,11 @@ pub(crate) fn linear_row<B: Backend>(
         .iter()
         .filter_map(|l| l.bias.as_ref().map(|b| b.val()))
         .collect();
-    vlm_kernels::linear_row_fits(x, &weights, &biases, projection, residual).then(|| {
-        vlm_kernels::linear_row(x.clone(), &weights, &biases, projection, residual.cloned())
-    })
+    let norm = norm.map(RmsNorm::row_norm);
+    vlm_kernels::linear_row_fits(x, &weights, &biases, projection, norm.as_ref(), residual).then(
+        || {
+            let residual = residual.cloned();
+            vlm_kernels::linear_row(x.clone(), &weights, &biases, projection, norm, residual)
+        },
+    )
 }

@@ -178,6 +178,15 @@ impl<B: Backend> Qwen2<B> {
         embeds: Tensor<B, 3>,
         cache: &mut KvCache<B>,
     ) -> Result<Tensor<B, 3>, DecodeError> {
+        Ok(self.norm.forward(self.layers_forward(embeds, cache)?))
+    }
+
+    /// The layers over `embeds` `[batch, n, hidden]`, before the final norm.
+    fn layers_forward(
+        &self,
+        embeds: Tensor<B, 3>,
+        cache: &mut KvCache<B>,
+    ) -> Result<Tensor<B, 3>, DecodeError> {
         let [batch, n, _] = embeds.dims();
         if batch != cache.batch() {
             return Err(DecodeError::Batch {
@@ -198,7 +207,7 @@ impl<B: Backend> Qwen2<B> {
             x = layer.forward(x, &rope, layer_cache, start);
         }
         cache.advance(n);
-        Ok(self.norm.forward(x))
+        Ok(x)
     }
 
     /// Hidden states `[batch, n, hidden]` → logits `[batch, n, vocab]`.
@@ -238,12 +247,64 @@ impl<B: Backend> Qwen2<B> {
         embeds: Tensor<B, 3>,
         cache: &mut KvCache<B>,
     ) -> Result<Tensor<B, 2>, DecodeError> {
-        let hidden = self.hidden(embeds, cache)?;
-        let [b, n, h] = hidden.dims();
-        let last = hidden.narrow(1, n - 1, 1);
-        let logits = self.logits(last);
+        let x = self.layers_forward(embeds, cache)?;
+        let [b, n, _] = x.dims();
+        // The norm is per position: the last one's alone is the same row.
+        let last = x.narrow(1, n - 1, 1);
+        #[cfg(feature = "cubecl")]
+        if let Some(logits) = self.head_row(&last) {
+            let vocab = logits.dims()[2];
+            return Ok(logits.reshape([b, vocab]));
+        }
+        let logits = self.logits(self.norm.forward(last));
         let vocab = logits.dims()[2];
-        debug_assert_eq!(h, self.norm.weight.dims()[0]);
         Ok(logits.reshape([b, vocab]))
+    }
+
+    /// The final norm and the LM head over one row `x` `[1, 1, hidden]` as batch-1 linear rows
+    /// (`vlm_kernels::linear_row`, the norm in each launch): one launch per three vocabulary
+    /// blocks (one in all where the table is whole), where burn runs the norm, a matrix product
+    /// of one row per block and the concatenation. `None` where the kernel does not run or fit.
+    #[cfg(feature = "cubecl")]
+    fn head_row(&self, x: &Tensor<B, 3>) -> Option<Tensor<B, 3>> {
+        use vlm_kernels::{Kernel, RowProjection, available, linear_row, linear_row_fits};
+        if !available::<B>(Kernel::Gemv) {
+            return None;
+        }
+        // `[hidden, cols]` views: a tied head's `[rows, hidden]` blocks transposed.
+        let weights: Vec<Tensor<B, 2>> = match &self.lm_head {
+            Some(head) => head.blocks.iter().map(|b| b.val()).collect(),
+            None => self
+                .embed_tokens
+                .blocks
+                .iter()
+                .map(|b| b.val().transpose())
+                .collect(),
+        };
+        let norm = self.norm.row_norm();
+        let groups: Vec<&[Tensor<B, 2>]> = weights.chunks(3).collect();
+        let fits = groups
+            .iter()
+            .all(|group| linear_row_fits(x, group, &[], RowProjection::Concat, Some(&norm), None));
+        if !fits {
+            return None;
+        }
+        let parts: Vec<Tensor<B, 3>> = groups
+            .into_iter()
+            .map(|group| {
+                linear_row(
+                    x.clone(),
+                    group,
+                    &[],
+                    RowProjection::Concat,
+                    Some(norm.clone()),
+                    None,
+                )
+            })
+            .collect();
+        Some(match <[_; 1]>::try_from(parts) {
+            Ok([whole]) => whole,
+            Err(parts) => Tensor::cat(parts, 2),
+        })
     }
 }

@@ -27,4 +27,13 @@ impl<B: Backend> RmsNorm<B> {
         let rms = (x.clone().square().mean_dim(2) + self.eps).sqrt();
         (x / rms).cast(dtype) * self.weight.val().unsqueeze::<3>()
     }
+
+    /// This norm as `vlm_kernels::linear_row` applies it to its input row.
+    #[cfg(feature = "cubecl")]
+    pub(crate) fn row_norm(&self) -> vlm_kernels::RowNorm<B> {
+        vlm_kernels::RowNorm {
+            weight: self.weight.val(),
+            eps: self.eps,
+        }
+    }
 }

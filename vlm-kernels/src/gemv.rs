@@ -1,6 +1,6 @@
 //! Linear layers of a single row (a decoding step at batch 1) in one launch each: several
-//! projections of the same input side by side, SwiGLU's two, and a residual added on the way
-//! out.
+//! projections of the same input side by side, SwiGLU's two, the RMS norm before them and a
+//! residual added on the way out.
 
 use burn::tensor::{DType, Shape, Tensor as BurnTensor, backend::Backend};
 use burn_cubecl::CubeRuntime;
@@ -13,23 +13,39 @@ use crate::{CubeKernel, float, run};
 /// Output columns per cube: burn's `[in, out]` weights put columns next to each other, so the
 /// 16 threads of a column block read 32 contiguous bytes of bf16 per input row (a full memory
 /// sector).
-const COLUMNS: usize = 16;
+pub(crate) const COLUMNS: usize = 16;
+
+/// Input element `k`: `x`'s own, or (with `norm`) the normalised row the cube staged.
+#[cube]
+fn load_x<F: Float>(
+    x: &Tensor<F>,
+    staged: &SharedMemory<f32>,
+    k: usize,
+    #[comptime] norm: bool,
+) -> f32 {
+    if norm {
+        staged[k]
+    } else {
+        f32::cast_from(x[k * x.stride(2)])
+    }
+}
 
 /// `Σ_k x[k]·w[k, column]` over this thread's slice `slice, slice + slices, …` of the input
 /// axis, four rows per iteration with their own accumulators so that four loads are in flight
 /// (one row at a time, a thread would wait out the memory latency at every row).
 #[cube]
-fn partial_dot<F: Float>(
+pub(crate) fn partial_dot<F: Float>(
     x: &Tensor<F>,
+    staged: &SharedMemory<f32>,
     w: &Tensor<F>,
     column: usize,
     slice: usize,
     #[comptime] slices: usize,
+    #[comptime] norm: bool,
 ) -> f32 {
     let k_len = w.shape(0);
     let col = column * w.stride(1);
     let row = w.stride(0);
-    let xs = x.stride(2);
     let mut a0 = f32::new(0.0);
     let mut a1 = f32::new(0.0);
     let mut a2 = f32::new(0.0);
@@ -40,17 +56,64 @@ fn partial_dot<F: Float>(
         let w1 = f32::cast_from(w[(k + slices) * row + col]);
         let w2 = f32::cast_from(w[(k + 2 * slices) * row + col]);
         let w3 = f32::cast_from(w[(k + 3 * slices) * row + col]);
-        a0 += f32::cast_from(x[k * xs]) * w0;
-        a1 += f32::cast_from(x[(k + slices) * xs]) * w1;
-        a2 += f32::cast_from(x[(k + 2 * slices) * xs]) * w2;
-        a3 += f32::cast_from(x[(k + 3 * slices) * xs]) * w3;
+        a0 += load_x::<F>(x, staged, k, norm) * w0;
+        a1 += load_x::<F>(x, staged, k + slices, norm) * w1;
+        a2 += load_x::<F>(x, staged, k + 2 * slices, norm) * w2;
+        a3 += load_x::<F>(x, staged, k + 3 * slices, norm) * w3;
         k += 4 * slices;
     }
     while k < k_len {
-        a0 += f32::cast_from(x[k * xs]) * f32::cast_from(w[k * row + col]);
+        a0 += load_x::<F>(x, staged, k, norm) * f32::cast_from(w[k * row + col]);
         k += slices;
     }
     (a0 + a1) + (a2 + a3)
+}
+
+/// Stages `x` normalised (`x / √(mean(x²) + ε)` in f32, rounded to `F`, times `weight`, rounded
+/// to `F`: `rms_norm`'s rounding) in `staged`, all `units` threads of the cube sharing the sum of
+/// squares (in `sums`, a tree of `unit_levels` levels) and the writes. Ends with the cube in step,
+/// so `sums` is free again.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn stage_norm<F: Float>(
+    x: &Tensor<F>,
+    weight: &Tensor<F>,
+    staged: &mut SharedMemory<f32>,
+    sums: &mut SharedMemory<f32>,
+    eps: f32,
+    unit: usize,
+    #[comptime] units: usize,
+    #[comptime] unit_levels: usize,
+) {
+    let k_len = x.shape(2);
+    let xs = x.stride(2);
+    let mut squares = f32::new(0.0);
+    let mut c = unit;
+    while c < k_len {
+        let v = f32::cast_from(x[c * xs]);
+        squares += v * v;
+        c += units;
+    }
+    sums[unit] = squares;
+    sync_cube();
+    #[unroll]
+    for level in 0..unit_levels {
+        let width = units >> (level + 1);
+        if unit < width {
+            sums[unit] += sums[unit + width];
+        }
+        sync_cube();
+    }
+    let rms = Sqrt::sqrt(sums[0] / f32::cast_from(k_len) + eps);
+    let mut c = unit;
+    while c < k_len {
+        let normed = F::cast_from(f32::cast_from(x[c * xs]) / rms);
+        let w = f32::cast_from(weight[c * weight.stride(0)]);
+        staged[c] = f32::cast_from(F::cast_from(f32::cast_from(normed) * w));
+        c += units;
+    }
+    // Also orders every read of `sums[0]` before the caller reuses `sums`.
+    sync_cube();
 }
 
 /// One cube per `columns` output columns, `slices` threads per column (as many as the device
@@ -61,6 +124,14 @@ fn partial_dot<F: Float>(
 ///
 /// Output column `n` of `parts` projections side by side belongs to `w0` below `w0`'s width,
 /// then to `w1`, then `w2`. With `swiglu`, column `n` is `silu(x·w0[:, n]) · (x·w1[:, n])`.
+///
+/// With `norm`, the cube first normalises `x` as `rms_norm` does (`x / √(mean(x²) + ε)` in
+/// f32, rounded to `F`, times `norm_weight` rounded to `F`) into shared memory: every cube
+/// reads all of `x` anyway, and the norm's own launch goes.
+///
+/// `k_major` puts consecutive threads on consecutive input rows of one column (weights stored
+/// `[out, in]`, read through a transposed view: a tied LM head), where otherwise they take
+/// consecutive columns of one row (burn's `[in, out]`): either way a warp reads contiguous bytes.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 fn gemv_kernel<F: Float>(
@@ -72,18 +143,28 @@ fn gemv_kernel<F: Float>(
     b1: &Tensor<F>,
     b2: &Tensor<F>,
     residual: &Tensor<F>,
+    norm_weight: &Tensor<F>,
     output: &mut Tensor<F>,
+    eps: f32,
     #[comptime] parts: usize,
     #[comptime] bias: bool,
     #[comptime] swiglu: bool,
     #[comptime] add_residual: bool,
+    #[comptime] norm: bool,
+    #[comptime] staged_len: usize,
+    #[comptime] k_major: bool,
     #[comptime] columns: usize,
     #[comptime] slices: usize,
     #[comptime] levels: usize,
+    #[comptime] unit_levels: usize,
     #[define(F)] _dtype: StorageType,
 ) {
-    let column = UNIT_POS_X as usize;
-    let slice = UNIT_POS_Y as usize;
+    let mut column = UNIT_POS_X as usize;
+    let mut slice = UNIT_POS_Y as usize;
+    if k_major {
+        column = UNIT_POS_Y as usize;
+        slice = UNIT_POS_X as usize;
+    }
     let n = CUBE_POS_X as usize * columns + column;
     let total = output.shape(2);
     let n0 = w0.shape(1);
@@ -94,18 +175,32 @@ fn gemv_kernel<F: Float>(
 
     let mut sums = SharedMemory::<f32>::new(columns * slices);
     let mut gates = SharedMemory::<f32>::new(columns * slices);
+    let mut staged = SharedMemory::<f32>::new(staged_len);
+    if norm {
+        stage_norm::<F>(
+            x,
+            norm_weight,
+            &mut staged,
+            &mut sums,
+            eps,
+            slice * columns + column,
+            columns * slices,
+            unit_levels,
+        );
+    }
+
     let mut acc = f32::new(0.0);
     let mut gate = f32::new(0.0);
     if n < total {
         if swiglu {
-            gate = partial_dot::<F>(x, w0, n, slice, slices);
-            acc = partial_dot::<F>(x, w1, n, slice, slices);
+            gate = partial_dot::<F>(x, &staged, w0, n, slice, slices, norm);
+            acc = partial_dot::<F>(x, &staged, w1, n, slice, slices, norm);
         } else if n < n0 {
-            acc = partial_dot::<F>(x, w0, n, slice, slices);
+            acc = partial_dot::<F>(x, &staged, w0, n, slice, slices, norm);
         } else if n < n0 + n1 {
-            acc = partial_dot::<F>(x, w1, n - n0, slice, slices);
+            acc = partial_dot::<F>(x, &staged, w1, n - n0, slice, slices, norm);
         } else {
-            acc = partial_dot::<F>(x, w2, n - n0 - n1, slice, slices);
+            acc = partial_dot::<F>(x, &staged, w2, n - n0 - n1, slice, slices, norm);
         }
     }
     sums[slice * columns + column] = acc;
@@ -159,12 +254,27 @@ pub enum RowProjection {
     SwiGlu,
 }
 
+/// An RMS norm applied to the row before the projections: `weight · x / √(mean(x²) + ε)`,
+/// rounded as `crate::rms_norm` rounds it.
+#[derive(Debug, Clone)]
+pub struct RowNorm<B: Backend> {
+    /// `[in]`.
+    pub weight: BurnTensor<B, 1>,
+    pub eps: f64,
+}
+
+/// Longest input row [`RowNorm`] takes: the cube stages the normalised row in shared memory
+/// (16 KiB of f32; Qwen2's hidden sizes are 896 to 3584).
+pub(crate) const MAX_NORMED: usize = 4096;
+
 /// One row `x` `[1, 1, in]` through linear layers with burn's `[in, out]` weights (any
-/// strides), in one launch, f32 accumulation: see [`RowProjection`]. With `residual`
-/// `[1, 1, out]`, it is added to the result. Output `[1, 1, out]`, contiguous.
+/// strides), in one launch, f32 accumulation: see [`RowProjection`]. With `norm`, `x` is
+/// normalised first; with `residual` `[1, 1, out]`, it is added to the result. Output
+/// `[1, 1, out]`, contiguous.
 ///
 /// A decoding step at batch 1 is a row times each weight matrix: burn 0.21 runs each projection
-/// as its own matmul, and the bias, SwiGLU's product and the residual as further launches.
+/// as its own matmul, and the norm, the bias, SwiGLU's product and the residual as further
+/// launches.
 ///
 /// # Panics
 /// Unless [`crate::available`] holds for `B` and `Kernel::Gemv`, and [`linear_row_fits`] for
@@ -174,10 +284,18 @@ pub fn linear_row<B: Backend>(
     weights: &[BurnTensor<B, 2>],
     biases: &[BurnTensor<B, 1>],
     projection: RowProjection,
+    norm: Option<RowNorm<B>>,
     residual: Option<BurnTensor<B, 3>>,
 ) -> BurnTensor<B, 3> {
     assert!(
-        linear_row_fits(&x, weights, biases, projection, residual.as_ref()),
+        linear_row_fits(
+            &x,
+            weights,
+            biases,
+            projection,
+            norm.as_ref(),
+            residual.as_ref()
+        ),
         "linear_row: x {:?}, weights {:?}, biases {:?}, {projection:?}",
         x.dims(),
         weights.iter().map(|w| w.dims()).collect::<Vec<_>>(),
@@ -188,22 +306,26 @@ pub fn linear_row<B: Backend>(
         bias: !biases.is_empty(),
         swiglu: projection == RowProjection::SwiGlu,
         residual: residual.is_some(),
+        eps: norm.as_ref().map(|n| n.eps),
     };
     let mut inputs = vec![float(x)];
     inputs.extend(weights.iter().map(|w| float(w.clone())));
     inputs.extend(biases.iter().map(|b| float(b.clone())));
     inputs.extend(residual.map(float));
+    inputs.extend(norm.map(|n| float(n.weight)));
     run(&kernel, inputs)
 }
 
 /// Whether [`linear_row`] takes these tensors: `x` `[1, 1, in]`; one to three weights `[in,
 /// out_i]` (exactly two for SwiGLU, of one width); biases `[out_i]` for every weight or none
-/// (none for SwiGLU); a residual `[1, 1, Σ out_i]` (SwiGLU: `[1, 1, out]`); one float type.
+/// (none for SwiGLU); a norm weight `[in]` with `in` ≤ 4096; a residual `[1, 1, Σ out_i]`
+/// (SwiGLU: `[1, 1, out]`); one float type.
 pub fn linear_row_fits<B: Backend>(
     x: &BurnTensor<B, 3>,
     weights: &[BurnTensor<B, 2>],
     biases: &[BurnTensor<B, 1>],
     projection: RowProjection,
+    norm: Option<&RowNorm<B>>,
     residual: Option<&BurnTensor<B, 3>>,
 ) -> bool {
     let [b, n, d_in] = x.dims();
@@ -229,16 +351,32 @@ pub fn linear_row_fits<B: Backend>(
                     .iter()
                     .zip(&widths)
                     .all(|(b, &w)| b.dims() == [w] && b.dtype() == dtype)))
+        && norm.is_none_or(|norm| {
+            norm.weight.dims() == [d_in] && norm.weight.dtype() == dtype && d_in <= MAX_NORMED
+        })
         && residual.is_none_or(|r| r.dims() == [1, 1, out] && r.dtype() == dtype)
 }
 
-/// Inputs `[x, w…, b…, residual?]` as [`linear_row`] takes them.
+/// Threads per output column: the most a cube may have (a power of two, at most 1024) over
+/// [`COLUMNS`].
+pub(crate) fn slices_per_column<R: CubeRuntime>(client: &ComputeClient<R>) -> usize {
+    let units = client
+        .properties()
+        .hardware
+        .max_units_per_cube
+        .clamp(64, 1024) as usize;
+    (1usize << units.ilog2()) / COLUMNS
+}
+
+/// Inputs `[x, w…, b…, residual?, norm weight?]` as [`linear_row`] takes them.
 #[derive(Debug, Clone, Copy)]
 struct Gemv {
     parts: usize,
     bias: bool,
     swiglu: bool,
     residual: bool,
+    /// The norm's ε where the row is normalised first.
+    eps: Option<f64>,
 }
 
 impl Gemv {
@@ -270,7 +408,8 @@ impl CubeKernel for Gemv {
         } else {
             Vec::new()
         };
-        let residual = inputs.next();
+        let residual = if self.residual { inputs.next() } else { None };
+        let norm_weight = inputs.next();
         // Absent operands are bound to `x`: the kernel's compile-time flags never read them.
         let weight = |i: usize| weights.get(i).unwrap_or(&x).clone();
         let bias = |i: usize| biases.get(i).unwrap_or(&x).clone();
@@ -280,24 +419,27 @@ impl CubeKernel for Gemv {
             Shape::new([1, 1, width]),
             x.dtype,
         );
-        // Slices per column: the most threads a cube may have (a power of two, at most 1024).
-        let units = x
-            .client
-            .properties()
-            .hardware
-            .max_units_per_cube
-            .clamp(64, 1024) as usize;
-        let slices = (1usize << units.ilog2()) / COLUMNS;
+        let slices = slices_per_column(&x.client);
         let dtype = output.dtype.into();
+        let k_len = x.meta.shape()[2];
+        // Weights stored `[out, in]` (a transposed view: contiguous along the input axis).
+        let strides = weights[0].meta.strides();
+        let k_major = strides[0] == 1 && strides[1] != 1;
+        let cube_dim = if k_major {
+            CubeDim::new_2d(slices as u32, COLUMNS as u32)
+        } else {
+            CubeDim::new_2d(COLUMNS as u32, slices as u32)
+        };
         // SAFETY: `linear_row` checked the shapes (`linear_row_fits`): a thread reads weight
         // rows below their `in` (the shape of x's last axis) and columns below their width, the
-        // bias and residual at its own output column, and writes only columns below the
+        // bias and residual at its own output column, x and the norm weight below `in` (at most
+        // `MAX_NORMED`, the staging buffer's length), and writes only columns below the
         // output's width.
         unsafe {
             gemv_kernel::launch_unchecked::<R>(
                 &output.client,
                 CubeCount::Static(width.div_ceil(COLUMNS) as u32, 1, 1),
-                CubeDim::new_2d(COLUMNS as u32, slices as u32),
+                cube_dim,
                 x.clone().into_tensor_arg(),
                 weight(0).into_tensor_arg(),
                 weight(1).into_tensor_arg(),
@@ -306,14 +448,20 @@ impl CubeKernel for Gemv {
                 bias(1).into_tensor_arg(),
                 bias(2).into_tensor_arg(),
                 residual.unwrap_or_else(|| x.clone()).into_tensor_arg(),
+                norm_weight.unwrap_or_else(|| x.clone()).into_tensor_arg(),
                 output.clone().into_tensor_arg(),
+                self.eps.unwrap_or(0.0) as f32,
                 self.parts,
                 self.bias,
                 self.swiglu,
                 self.residual,
+                self.eps.is_some(),
+                if self.eps.is_some() { k_len } else { 1 },
+                k_major,
                 COLUMNS,
                 slices,
                 slices.trailing_zeros() as usize,
+                (COLUMNS * slices).trailing_zeros() as usize,
                 dtype,
             )
         };

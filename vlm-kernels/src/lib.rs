@@ -10,8 +10,9 @@
 //! The ops: [`depthwise_conv2d`] (FastViTHD's spatial mixing), [`attention`] (FastViTHD's
 //! attention stages, the decoder's prefill and its one-position decoding step over a KV cache),
 //! [`rotary_append`] and [`rms_norm`] (the decoder's rotary embedding with the KV cache write,
-//! and its norms) and [`linear_row`] (a decoding step's linear layers at batch 1: q/k/v in one
-//! launch, SwiGLU in one, the residual added on the way out). Each is checked against burn's
+//! and its norms), [`linear_row`] (a decoding step's linear layers at batch 1: the norm and
+//! SwiGLU in one launch, the residual added on the way out, the final norm and the LM head) and
+//! [`qkv_rotary_append`] (a decoding step's norm, q/k/v, rotation and cache write in one). Each is checked against burn's
 //! ops on the CPU in `vlm-pipeline/tests/wgpu_parity.rs`.
 //!
 //! `FASTVLM_CUBECL_KERNELS=off` leaves every op to burn, and a list of kernel names runs only
@@ -21,12 +22,14 @@ mod attention;
 mod decode_attention;
 mod depthwise;
 mod gemv;
+mod qkv_rotary;
 mod rms_norm;
 mod rotary;
 
 pub use attention::{KvAttention, attention};
 pub use depthwise::{Depthwise, depthwise_conv2d};
-pub use gemv::{RowProjection, linear_row, linear_row_fits};
+pub use gemv::{RowNorm, RowProjection, linear_row, linear_row_fits};
+pub use qkv_rotary::{qkv_rotary_append, qkv_rotary_append_fits};
 pub use rms_norm::{rms_norm, rms_norm_fits};
 pub use rotary::{rotary_append, rotary_append_fits};
 
@@ -69,6 +72,8 @@ pub enum Kernel {
     Gemv,
     /// [`rms_norm`].
     RmsNorm,
+    /// [`qkv_rotary_append`]: `linear_row` and `rotary_append` fused for a decoding step.
+    QkvRotary,
 }
 
 impl Kernel {
@@ -80,6 +85,7 @@ impl Kernel {
             Kernel::Rotary => "rotary",
             Kernel::Gemv => "gemv",
             Kernel::RmsNorm => "rms_norm",
+            Kernel::QkvRotary => "qkv_rotary",
         }
     }
 }

@@ -171,7 +171,7 @@ struct RotaryAppend {
 
 /// `cache` to write into: itself when nothing else holds its buffer and it is laid out densely,
 /// else a copy.
-fn owned<R: CubeRuntime>(cache: CubeTensor<R>) -> CubeTensor<R> {
+pub(crate) fn owned<R: CubeRuntime>(cache: CubeTensor<R>) -> CubeTensor<R> {
     if cache.can_mut() && cache.is_contiguous_buffer() {
         cache
     } else {

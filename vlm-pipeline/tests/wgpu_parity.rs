@@ -358,17 +358,19 @@ fn wgpu_attention_kernel_matches_burn() {
     }
 }
 
-/// A decoding step's linear layers at batch 1 (`vlm_kernels::linear_row`) against burn's
-/// matmuls on the CPU: q/k/v side by side with biases (widths that do not fill the kernel's
-/// column blocks, a cube straddling two projections), one projection plus a residual, SwiGLU,
-/// and a weight given as a transposed view; through burn's fusion and on the bare backend.
+/// A decoding step's linear layers at batch 1 (`vlm_kernels::linear_row`) against burn's ops
+/// on the CPU: q/k/v side by side with biases after the RMS norm (widths that do not fill the
+/// kernel's column blocks, a cube straddling two projections), one projection plus a residual,
+/// the norm and SwiGLU, weights given as transposed views (a tied LM head: the kernel's
+/// input-major threads), an input row longer than a cube's threads; through burn's fusion and on
+/// the bare backend.
 #[test]
 fn wgpu_linear_row_kernel_matches_burn() {
     use burn::backend::Flex;
     use burn::tensor::Distribution;
     use burn::tensor::activation::silu;
     use burn::tensor::backend::Backend;
-    use vlm_kernels::{Kernel, RowProjection, linear_row};
+    use vlm_kernels::{Kernel, RowNorm, RowProjection, linear_row};
 
     if !adapter(DType::F32) {
         return;
@@ -384,7 +386,11 @@ fn wgpu_linear_row_kernel_matches_burn() {
         projection: RowProjection,
         /// Weights uploaded as `[out, in]` and viewed transposed.
         transposed: bool,
+        /// The RMS norm's weight, where the row is normalised first.
+        norm: Option<TensorData>,
     }
+
+    const EPS: f64 = 1e-6;
 
     fn run<B: Backend>(case: &Case) -> TensorData {
         let device = Default::default();
@@ -410,14 +416,22 @@ fn wgpu_linear_row_kernel_matches_burn() {
             .residual
             .clone()
             .map(|r| Tensor::<B, 3>::from_data(r, &device) * 0.5);
+        let norm = case.norm.clone().map(|w| RowNorm {
+            weight: Tensor::from_data(w, &device),
+            eps: EPS,
+        });
         // Elementwise work on both sides, so under fusion the kernel sits between fused ops.
-        let y = linear_row(x * 2.0, &weights, &biases, case.projection, residual);
+        let y = linear_row(x * 2.0, &weights, &biases, case.projection, norm, residual);
         (y - 1.0).into_data()
     }
 
     fn reference(case: &Case) -> Tensor<Flex, 3> {
         let cpu = Default::default();
-        let x = Tensor::<Flex, 3>::from_data(case.x.clone(), &cpu) * 2.0;
+        let mut x = Tensor::<Flex, 3>::from_data(case.x.clone(), &cpu) * 2.0;
+        if let Some(w) = &case.norm {
+            let rms = (x.clone().square().mean_dim(2) + EPS).sqrt();
+            x = x / rms * Tensor::<Flex, 1>::from_data(w.clone(), &cpu).unsqueeze::<3>();
+        }
         let mut outs: Vec<Tensor<Flex, 3>> = case
             .weights
             .iter()
@@ -455,7 +469,7 @@ fn wgpu_linear_row_kernel_matches_burn() {
         .into_data(),
     };
     let cases = [
-        // q/k/v of a Qwen2 layer, shrunk: 37 → 40 | 8 | 8 with biases.
+        // q/k/v of a Qwen2 layer after its input norm, shrunk: 37 → 40 | 8 | 8 with biases.
         Case {
             x: normal(&[1, 1, 37]),
             weights: vec![normal(&[37, 40]), normal(&[37, 8]), normal(&[37, 8])],
@@ -463,6 +477,7 @@ fn wgpu_linear_row_kernel_matches_burn() {
             residual: None,
             projection: RowProjection::Concat,
             transposed: false,
+            norm: Some(normal(&[37])),
         },
         // o_proj / down_proj: one projection and the residual.
         Case {
@@ -472,8 +487,9 @@ fn wgpu_linear_row_kernel_matches_burn() {
             residual: Some(normal(&[1, 1, 33])),
             projection: RowProjection::Concat,
             transposed: false,
+            norm: None,
         },
-        // gate/up.
+        // gate/up after the post-attention norm.
         Case {
             x: normal(&[1, 1, 33]),
             weights: vec![normal(&[33, 70]), normal(&[33, 70])],
@@ -481,6 +497,17 @@ fn wgpu_linear_row_kernel_matches_burn() {
             residual: None,
             projection: RowProjection::SwiGlu,
             transposed: false,
+            norm: Some(normal(&[33])),
+        },
+        // gate/up without the norm.
+        Case {
+            x: normal(&[1, 1, 33]),
+            weights: vec![normal(&[33, 70]), normal(&[33, 70])],
+            biases: vec![],
+            residual: None,
+            projection: RowProjection::SwiGlu,
+            transposed: false,
+            norm: None,
         },
         // Two projections with biases, weights as transposed views.
         Case {
@@ -490,6 +517,22 @@ fn wgpu_linear_row_kernel_matches_burn() {
             residual: Some(normal(&[1, 1, 37])),
             projection: RowProjection::Concat,
             transposed: true,
+            norm: None,
+        },
+        // The final norm and a tied LM head in three vocabulary blocks (transposed views), a
+        // row longer than a cube's threads.
+        Case {
+            x: normal(&[1, 1, 2500]),
+            weights: vec![
+                normal(&[2500, 50]),
+                normal(&[2500, 50]),
+                normal(&[2500, 21]),
+            ],
+            biases: vec![],
+            residual: None,
+            projection: RowProjection::Concat,
+            transposed: true,
+            norm: Some(normal(&[2500])),
         },
     ];
     for (i, case) in cases.iter().enumerate() {
@@ -509,12 +552,33 @@ fn wgpu_linear_row_kernel_matches_burn() {
             residual: case.residual.clone(),
             projection: case.projection,
             transposed: case.transposed,
+            norm: case.norm.clone(),
         };
         let moved = rel_l2(
             Tensor::<Flex, 3>::from_data(run::<Wgpu<f32>>(&moved), &cpu),
             want.clone(),
         );
         assert!(moved > 1e-3, "case {i}: output ignores x ({moved:.3e})");
+        // And the norm's weight.
+        if let Some(w) = &case.norm {
+            let moved = Case {
+                x: case.x.clone(),
+                weights: case.weights.clone(),
+                biases: case.biases.clone(),
+                residual: case.residual.clone(),
+                projection: case.projection,
+                transposed: case.transposed,
+                norm: Some(normal(&w.shape)),
+            };
+            let moved = rel_l2(
+                Tensor::<Flex, 3>::from_data(run::<Wgpu<f32>>(&moved), &cpu),
+                want.clone(),
+            );
+            assert!(
+                moved > 1e-3,
+                "case {i}: output ignores the norm ({moved:.3e})"
+            );
+        }
     }
 }
 
@@ -669,6 +733,180 @@ fn wgpu_rotary_append_kernel_matches_burn() {
                     v.assert_eq(&data[4], true);
                 }
             }
+        }
+    }
+}
+
+/// A decoding step's attention inputs in one launch (`vlm_kernels::qkv_rotary_append`: the
+/// input norm, q/k/v with biases, the rotation, the KV cache write) against burn's ops on the
+/// CPU: grouped kv heads, head sizes 16, 64 and 128, the first and the last cache position,
+/// with and without biases and norm; through burn's fusion and on the bare backend, in place
+/// and with the cache held elsewhere (then copied, the held one unchanged).
+#[test]
+fn wgpu_qkv_rotary_append_kernel_matches_burn() {
+    use burn::backend::Flex;
+    use burn::tensor::Distribution;
+    use burn::tensor::backend::Backend;
+    use qwen2_decoder::RotaryEmbedding;
+    use vlm_kernels::{Kernel, RowNorm, qkv_rotary_append};
+
+    if !adapter(DType::F32) {
+        return;
+    }
+    assert!(vlm_kernels::available::<Wgpu<f32>>(Kernel::QkvRotary));
+    const EPS: f64 = 1e-6;
+
+    struct Case {
+        x: TensorData,
+        weights: [TensorData; 3],
+        biases: Option<[TensorData; 3]>,
+        norm: Option<TensorData>,
+        keys: TensorData,
+        values: TensorData,
+        start: usize,
+        rope: RotaryEmbedding,
+    }
+
+    /// `[q, keys, values]` after the kernel, and the caches as first held when `keep`.
+    fn run<B: Backend>(case: &Case, keep: bool) -> (Vec<TensorData>, Option<[TensorData; 2]>) {
+        let device = Default::default();
+        let x = Tensor::<B, 3>::from_data(case.x.clone(), &device) * 2.0;
+        let weights = case
+            .weights
+            .clone()
+            .map(|w| Tensor::<B, 2>::from_data(w, &device));
+        let biases = case
+            .biases
+            .clone()
+            .map(|b| b.map(|b| Tensor::<B, 1>::from_data(b, &device)));
+        let norm = case.norm.clone().map(|w| RowNorm {
+            weight: Tensor::from_data(w, &device),
+            eps: EPS,
+        });
+        let keys = Tensor::<B, 4>::from_data(case.keys.clone(), &device);
+        let values = Tensor::<B, 4>::from_data(case.values.clone(), &device);
+        let rope = case.rope.tables::<B>(case.start, 1, &device);
+        let held = keep.then(|| (keys.clone(), values.clone()));
+        let (q, keys, values) =
+            qkv_rotary_append(x, weights, biases, norm, rope, keys, values, case.start);
+        let outputs = vec![q.into_data(), keys.into_data(), values.into_data()];
+        (outputs, held.map(|(k, v)| [k.into_data(), v.into_data()]))
+    }
+
+    fn reference(case: &Case) -> [Tensor<Flex, 4>; 3] {
+        let cpu = Default::default();
+        let mut x = Tensor::<Flex, 3>::from_data(case.x.clone(), &cpu) * 2.0;
+        if let Some(w) = &case.norm {
+            let rms = (x.clone().square().mean_dim(2) + EPS).sqrt();
+            x = x / rms * Tensor::<Flex, 1>::from_data(w.clone(), &cpu).unsqueeze::<3>();
+        }
+        let d = case.rope.head_dim;
+        let [q, k, v] = std::array::from_fn(|i| {
+            let mut y = x
+                .clone()
+                .matmul(Tensor::<Flex, 2>::from_data(case.weights[i].clone(), &cpu).unsqueeze());
+            if let Some(b) = &case.biases {
+                y = y + Tensor::<Flex, 1>::from_data(b[i].clone(), &cpu).unsqueeze();
+            }
+            let width = y.dims()[2];
+            y.reshape([1, 1, width / d, d]).swap_dims(1, 2)
+        });
+        let (cos, sin) = case.rope.tables::<Flex>(case.start, 1, &cpu);
+        let keys = Tensor::<Flex, 4>::from_data(case.keys.clone(), &cpu);
+        let values = Tensor::<Flex, 4>::from_data(case.values.clone(), &cpu);
+        let kv_heads = keys.dims()[1];
+        let range = [0..1, 0..kv_heads, case.start..case.start + 1, 0..d];
+        [
+            RotaryEmbedding::apply(q, &cos, &sin),
+            keys.slice_assign(range.clone(), RotaryEmbedding::apply(k, &cos, &sin)),
+            values.slice_assign(range, v),
+        ]
+    }
+
+    let cpu = Default::default();
+    let normal = |shape: &[usize]| {
+        let dist = Distribution::Normal(0.0, 1.0);
+        match *shape {
+            [a] => Tensor::<Flex, 1>::random([a], dist, &cpu).into_data(),
+            [a, b] => Tensor::<Flex, 2>::random([a, b], dist, &cpu).into_data(),
+            [a, b, c] => Tensor::<Flex, 3>::random([a, b, c], dist, &cpu).into_data(),
+            [a, b, c, e] => Tensor::<Flex, 4>::random([a, b, c, e], dist, &cpu).into_data(),
+            _ => unreachable!(),
+        }
+    };
+    let case = |hidden: usize,
+                heads: usize,
+                kv_heads: usize,
+                d: usize,
+                capacity: usize,
+                start: usize,
+                bias: bool,
+                norm: bool| Case {
+        x: normal(&[1, 1, hidden]),
+        weights: [
+            normal(&[hidden, heads * d]),
+            normal(&[hidden, kv_heads * d]),
+            normal(&[hidden, kv_heads * d]),
+        ],
+        biases: bias.then(|| {
+            [
+                normal(&[heads * d]),
+                normal(&[kv_heads * d]),
+                normal(&[kv_heads * d]),
+            ]
+        }),
+        norm: norm.then(|| normal(&[hidden])),
+        keys: normal(&[1, kv_heads, capacity, d]),
+        values: normal(&[1, kv_heads, capacity, d]),
+        start,
+        rope: RotaryEmbedding {
+            head_dim: d,
+            theta: 1_000_000.0,
+        },
+    };
+    let cases = [
+        // 0.5B's grouping (14 heads over 2), shrunk.
+        case(37, 4, 2, 64, 20, 11, true, true),
+        // 7B's head size, one kv head, the last cache position.
+        case(96, 7, 1, 128, 8, 7, true, true),
+        // Small heads, no grouping, no biases, no norm, the first position.
+        case(40, 2, 2, 16, 5, 0, false, false),
+    ];
+    for (i, case) in cases.iter().enumerate() {
+        let want = reference(case);
+        for keep in [false, true] {
+            for (backend, (got, held)) in [
+                ("fused", run::<Wgpu<f32>>(case, keep)),
+                ("bare", run::<Bare>(case, keep)),
+            ] {
+                for (j, (got, want)) in got.into_iter().zip(&want).enumerate() {
+                    let err = rel_l2(Tensor::<Flex, 4>::from_data(got, &cpu), want.clone());
+                    assert!(
+                        err <= 1e-5,
+                        "case {i} output {j} on {backend}: rel-L2 {err:.3e}"
+                    );
+                }
+                if let Some([k, v]) = held {
+                    k.assert_eq(&case.keys, true);
+                    v.assert_eq(&case.values, true);
+                }
+            }
+        }
+        // The queries and the written keys follow the input row.
+        let moved = Case {
+            x: normal(&case.x.shape),
+            weights: case.weights.clone(),
+            biases: case.biases.clone(),
+            norm: case.norm.clone(),
+            keys: case.keys.clone(),
+            values: case.values.clone(),
+            start: case.start,
+            rope: case.rope.clone(),
+        };
+        let (got, _) = run::<Wgpu<f32>>(&moved, false);
+        for (j, got) in got.into_iter().enumerate() {
+            let moved = rel_l2(Tensor::<Flex, 4>::from_data(got, &cpu), want[j].clone());
+            assert!(moved > 1e-4, "case {i} output {j}: ignores x ({moved:.3e})");
         }
     }
 }

@@ -129,7 +129,7 @@ if [ -z "${SKIP_BENCH:-}" ]; then
   step "ours decode 0.5b bf16, kernels A/B" 120 bash -c '
     ours decode --shape 0.5b --backend cuda --dtype bf16 --iters 3 --tokens 64
     FASTVLM_CUBECL_KERNELS=depthwise,attention,rotary,rms_norm ours decode --shape 0.5b --backend cuda --dtype bf16 --iters 3 --tokens 64
-    FASTVLM_CUBECL_KERNELS=depthwise,attention,rotary,gemv ours decode --shape 0.5b --backend cuda --dtype bf16 --iters 3 --tokens 64
+    FASTVLM_CUBECL_KERNELS=depthwise,attention,rotary,rms_norm,gemv ours decode --shape 0.5b --backend cuda --dtype bf16 --iters 3 --tokens 64
     ours_burn decode --shape 0.5b --backend cuda --dtype bf16 --iters 3 --tokens 64'
   step "ours launches bf16" 60 ours launches --backend cuda --dtype bf16 --res 1024
   step "ours launches bf16, burn's ops" 60 ours_burn launches --backend cuda --dtype bf16 --res 1024
