@@ -1,9 +1,10 @@
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
-use burn::tensor::activation::gelu;
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::{Tensor, backend::Backend};
+use burn::tensor::{DType, FloatDType, Tensor, backend::Backend};
+
+use crate::activation::gelu;
 
 /// A per-channel convolution: every output channel reads exactly one input channel
 /// (`groups == c_in`, `c_out = multiplier · c_in`), square kernel, no dilation, the same
@@ -111,9 +112,43 @@ pub(crate) fn conv_forward<B: Backend>(
 ) -> Tensor<B, 4> {
     match (DepthwiseOptions::of(conv, then_gelu), &conv.bias) {
         (Some(options), Some(bias)) => depthwise_conv2d(x, conv.weight.val(), bias.val(), options),
-        _ => {
-            let y = conv.forward(x);
-            if then_gelu { gelu(y) } else { y }
-        }
+        _ => match (x.dtype(), even_padding(conv)) {
+            // burn 0.21's CubeCL direct convolution sums in the tensor's type (PyTorch's kernels
+            // in f32): at f16/bf16 the stem's dense 3×3 runs in f32 and is rounded once.
+            (DType::F16 | DType::BF16, Some(_)) => {
+                let dtype = x.dtype();
+                let y = conv_in_f32(conv, x.cast(FloatDType::F32));
+                let y = if then_gelu { gelu(y) } else { y };
+                y.cast(dtype)
+            }
+            _ => {
+                let y = conv.forward(x);
+                if then_gelu { gelu(y) } else { y }
+            }
+        },
     }
+}
+
+/// `conv`'s padding `[rows, columns]` when it is explicit and the same on opposite sides.
+pub(crate) fn even_padding<B: Backend>(conv: &Conv2d<B>) -> Option<[usize; 2]> {
+    match conv.padding {
+        PaddingConfig2d::Explicit(top, left, bottom, right) if top == bottom && left == right => {
+            Some([top, left])
+        }
+        _ => None,
+    }
+}
+
+/// `conv` over an f32 input `[batch, c_in, h, w]` with its weight and bias cast to f32; f32 out.
+///
+/// # Panics
+/// Unless [`even_padding`] holds for `conv` (FastViTHD pads every convolution so).
+pub(crate) fn conv_in_f32<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let padding = even_padding(conv).expect("explicit, even padding");
+    conv2d(
+        x,
+        conv.weight.val().cast(FloatDType::F32),
+        conv.bias.as_ref().map(|b| b.val().cast(FloatDType::F32)),
+        ConvOptions::new(conv.stride, padding, conv.dilation, conv.groups),
+    )
 }

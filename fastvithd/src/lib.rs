@@ -16,6 +16,7 @@
 //! # }
 //! ```
 
+mod activation;
 mod attention;
 mod attention_block;
 mod config;

@@ -1,8 +1,8 @@
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
-use burn::tensor::activation::gelu;
 use burn::tensor::{Tensor, backend::Backend};
 
+use crate::activation::gelu;
 use crate::depthwise::conv_forward;
 use crate::squeeze_excite::SqueezeExcite;
 use crate::weights::{ConvSpec, LoadError, WeightLoader};

@@ -1,5 +1,5 @@
-//! The parity checks on wgpu at f16 (rel-L2 ≤ 2e-2; greedy ids may part), in a process of
-//! their own so the device's default float type is f16 (see `common/wgpu.rs`).
+//! The parity checks on wgpu at f16 (rel-L2 ≤ 2e-2, FastViTHD ≤ 2e-3; greedy ids may part), in a
+//! process of their own so the device's default float type is f16 (see `common/wgpu.rs`).
 
 mod common;
 
@@ -23,7 +23,11 @@ fn wgpu_f16_within_two_percent() {
     // The models really run in f16 (not f32 uploaded through an f16-typed backend).
     let probe = Tensor::<Wgpu<f16>, 1>::zeros([1], &Default::default());
     assert_eq!(probe.dtype(), DType::F16, "tensors are not created as f16");
-    fastvithd::<Wgpu<f16>>(2e-2, "wgpu f16");
+    // PyTorch's own f16 run of this tower (timm, the fixture's weights and images, CPU) sits
+    // 1.16e-3 (square) and 1.39e-3 (wide) from its f32 run; ours 1.31e-3 and 1.40e-3 with GELU,
+    // the dense convolutions and the squeeze-excite evaluated in f32 as PyTorch evaluates them
+    // (2.50e-3 and 2.70e-3 before).
+    fastvithd::<Wgpu<f16>>(2e-3, "wgpu f16");
     qwen2::<Wgpu<f16>>(2e-2, "wgpu f16");
     edges::<Wgpu<f16>>(2e-2, "wgpu f16");
     e2e::<Wgpu<f16>>(2e-2, "wgpu f16", false);
