@@ -1,5 +1,6 @@
-//! The parity checks on wgpu at f16 (rel-L2 ≤ 2e-2, FastViTHD ≤ 2e-3; greedy ids may part), in a
-//! process of their own so the device's default float type is f16 (see `common/wgpu.rs`).
+//! The parity checks on wgpu at f16 (rel-L2 ≤ 2e-2; FastViTHD and Qwen2 against their goldens
+//! within 1.5× of PyTorch's own f16 spread; greedy ids may part), in a process of their own so
+//! the device's default float type is f16 (see `common/wgpu.rs`).
 
 mod common;
 
@@ -28,7 +29,9 @@ fn wgpu_f16_within_two_percent() {
     // the dense convolutions and the squeeze-excite evaluated in f32 as PyTorch evaluates them
     // (2.50e-3 and 2.70e-3 before).
     fastvithd::<Wgpu<f16>>(2e-3, "wgpu f16");
-    qwen2::<Wgpu<f16>>(2e-2, "wgpu f16");
+    // transformers' own f16 run of the three configurations sits 1.45e-3, 1.67e-3 and 1.49e-3
+    // from its f32 logits; ours 1.52e-3, 1.67e-3 and 1.60e-3.
+    qwen2::<Wgpu<f16>>(2.5e-3, "wgpu f16");
     edges::<Wgpu<f16>>(2e-2, "wgpu f16");
     e2e::<Wgpu<f16>>(2e-2, "wgpu f16", false);
 }
