@@ -111,23 +111,18 @@ impl<B: Backend> LayerCache<B> {
         if !fits {
             return None;
         }
-        // Moved out, so the kernel holds the only reference and writes in place.
-        let empty = || Tensor::empty([0, 0, 0, 0], &q.device());
-        let keys = std::mem::replace(&mut self.keys, empty());
-        let values = std::mem::replace(&mut self.values, empty());
-        let (q, keys, values) = rotary_append(
-            q.clone(),
-            k.clone(),
-            v.clone(),
-            cos.clone(),
-            sin.clone(),
-            keys,
-            values,
-            start,
-        );
-        self.keys = keys;
-        self.values = values;
-        Some((q, self.keys.clone(), self.values.clone()))
+        Some(self.write_in_place(|keys, values| {
+            rotary_append(
+                q.clone(),
+                k.clone(),
+                v.clone(),
+                cos.clone(),
+                sin.clone(),
+                keys,
+                values,
+                start,
+            )
+        }))
     }
 
     /// A decoding step's attention inputs in one launch on the CubeCL backends
@@ -160,22 +155,33 @@ impl<B: Backend> LayerCache<B> {
         if !fits {
             return None;
         }
-        // Moved out, so the kernel holds the only reference and writes in place.
-        let empty = || Tensor::empty([0, 0, 0, 0], &x.device());
+        Some(self.write_in_place(|keys, values| {
+            qkv_rotary_append(
+                x.clone(),
+                weights,
+                biases,
+                norm,
+                (cos.clone(), sin.clone()),
+                keys,
+                values,
+                start,
+            )
+        }))
+    }
+
+    /// Runs `kernel` on the buffers moved out of the cache, so that it holds the only reference
+    /// and writes in place, and keeps the buffers it returns: its queries and the whole buffers.
+    fn write_in_place(
+        &mut self,
+        kernel: impl FnOnce(Tensor<B, 4>, Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>),
+    ) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
+        let device = self.keys.device();
+        let empty = || Tensor::empty([0, 0, 0, 0], &device);
         let keys = std::mem::replace(&mut self.keys, empty());
         let values = std::mem::replace(&mut self.values, empty());
-        let (q, keys, values) = qkv_rotary_append(
-            x.clone(),
-            weights,
-            biases,
-            norm,
-            (cos.clone(), sin.clone()),
-            keys,
-            values,
-            start,
-        );
+        let (q, keys, values) = kernel(keys, values);
         self.keys = keys;
         self.values = values;
-        Some((q, self.keys.clone(), self.values.clone()))
+        (q, self.keys.clone(), self.values.clone())
     }
 }

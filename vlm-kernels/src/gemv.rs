@@ -69,6 +69,31 @@ pub(crate) fn partial_dot<F: Float>(
     (a0 + a1) + (a2 + a3)
 }
 
+/// Sums each column's `slices` partial values (`value` from thread `(column, slice)`) into
+/// `sums[column]`, a tree in shared memory: `slices` is a power of two, `levels` its log2, so the
+/// halving widths are compile-time. Ends with the cube in step.
+#[cube]
+pub(crate) fn reduce_slices(
+    sums: &mut SharedMemory<f32>,
+    value: f32,
+    column: usize,
+    slice: usize,
+    #[comptime] columns: usize,
+    #[comptime] slices: usize,
+    #[comptime] levels: usize,
+) {
+    sums[slice * columns + column] = value;
+    sync_cube();
+    #[unroll]
+    for level in 0..levels {
+        let width = slices >> (level + 1);
+        if slice < width {
+            sums[slice * columns + column] += sums[(slice + width) * columns + column];
+        }
+        sync_cube();
+    }
+}
+
 /// Stages `x` normalised (`x / √(mean(x²) + ε)` in f32, rounded to `F`, times `weight`, rounded
 /// to `F`: `rms_norm`'s rounding) in `staged`, all `units` threads of the cube sharing the sum of
 /// squares (in `sums`, a tree of `unit_levels` levels) and the writes. Ends with the cube in step,
@@ -203,22 +228,9 @@ fn gemv_kernel<F: Float>(
             acc = partial_dot::<F>(x, &staged, w2, n - n0 - n1, slice, slices, norm);
         }
     }
-    sums[slice * columns + column] = acc;
+    reduce_slices(&mut sums, acc, column, slice, columns, slices, levels);
     if swiglu {
-        gates[slice * columns + column] = gate;
-    }
-    sync_cube();
-    // `slices` is a power of two; the halving widths are compile-time.
-    #[unroll]
-    for level in 0..levels {
-        let width = slices >> (level + 1);
-        if slice < width {
-            sums[slice * columns + column] += sums[(slice + width) * columns + column];
-            if swiglu {
-                gates[slice * columns + column] += gates[(slice + width) * columns + column];
-            }
-        }
-        sync_cube();
+        reduce_slices(&mut gates, gate, column, slice, columns, slices, levels);
     }
 
     if slice == 0 && n < total {

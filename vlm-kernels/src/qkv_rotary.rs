@@ -7,7 +7,9 @@ use burn_cubecl::cubecl::prelude::*;
 use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 
-use crate::gemv::{COLUMNS, MAX_NORMED, RowNorm, partial_dot, slices_per_column, stage_norm};
+use crate::gemv::{
+    COLUMNS, MAX_NORMED, RowNorm, partial_dot, reduce_slices, slices_per_column, stage_norm,
+};
 use crate::rotary::owned;
 use crate::{CubeKernel, float};
 
@@ -92,16 +94,7 @@ fn qkv_rotary_kernel<F: Float>(
             acc = partial_dot::<F>(x, &staged, wv, n - nq - nk, slice, slices, norm);
         }
     }
-    sums[slice * columns + column] = acc;
-    sync_cube();
-    #[unroll]
-    for level in 0..levels {
-        let width = slices >> (level + 1);
-        if slice < width {
-            sums[slice * columns + column] += sums[(slice + width) * columns + column];
-        }
-        sync_cube();
-    }
+    reduce_slices(&mut sums, acc, column, slice, columns, slices, levels);
 
     if slice == 0 && n < total {
         // This column's and its rotary partner's projections (channel j ± d/2, same head).
