@@ -369,15 +369,39 @@ pub fn linear_row_fits<B: Backend>(
         && residual.is_none_or(|r| r.dims() == [1, 1, out] && r.dtype() == dtype)
 }
 
-/// Threads per output column: the most a cube may have (a power of two, at most 1024) over
-/// [`COLUMNS`].
-pub(crate) fn slices_per_column<R: CubeRuntime>(client: &ComputeClient<R>) -> usize {
-    let units = client
-        .properties()
-        .hardware
-        .max_units_per_cube
-        .clamp(64, 1024) as usize;
-    (1usize << units.ilog2()) / COLUMNS
+/// The cube shape of the row kernels for a first weight `weight`.
+pub(crate) struct RowCube {
+    /// Threads per output column: the most a cube may have (a power of two, at most 1024) over
+    /// [`COLUMNS`].
+    pub slices: usize,
+    /// Weights stored `[out, in]` (a transposed view: contiguous along the input axis), so the
+    /// threads go along the input axis.
+    pub k_major: bool,
+    pub cube_dim: CubeDim,
+}
+
+impl RowCube {
+    pub fn of<R: CubeRuntime>(weight: &CubeTensor<R>) -> Self {
+        let units = weight
+            .client
+            .properties()
+            .hardware
+            .max_units_per_cube
+            .clamp(64, 1024) as usize;
+        let slices = (1usize << units.ilog2()) / COLUMNS;
+        let strides = weight.meta.strides();
+        let k_major = strides[0] == 1 && strides[1] != 1;
+        let cube_dim = if k_major {
+            CubeDim::new_2d(slices as u32, COLUMNS as u32)
+        } else {
+            CubeDim::new_2d(COLUMNS as u32, slices as u32)
+        };
+        Self {
+            slices,
+            k_major,
+            cube_dim,
+        }
+    }
 }
 
 /// Inputs `[x, w…, b…, residual?, norm weight?]` as [`linear_row`] takes them.
@@ -431,17 +455,13 @@ impl CubeKernel for Gemv {
             Shape::new([1, 1, width]),
             x.dtype,
         );
-        let slices = slices_per_column(&x.client);
+        let RowCube {
+            slices,
+            k_major,
+            cube_dim,
+        } = RowCube::of(&weights[0]);
         let dtype = output.dtype.into();
         let k_len = x.meta.shape()[2];
-        // Weights stored `[out, in]` (a transposed view: contiguous along the input axis).
-        let strides = weights[0].meta.strides();
-        let k_major = strides[0] == 1 && strides[1] != 1;
-        let cube_dim = if k_major {
-            CubeDim::new_2d(slices as u32, COLUMNS as u32)
-        } else {
-            CubeDim::new_2d(COLUMNS as u32, slices as u32)
-        };
         // SAFETY: `linear_row` checked the shapes (`linear_row_fits`): a thread reads weight
         // rows below their `in` (the shape of x's last axis) and columns below their width, the
         // bias and residual at its own output column, x and the norm weight below `in` (at most

@@ -7,9 +7,7 @@ use burn_cubecl::cubecl::prelude::*;
 use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 
-use crate::gemv::{
-    COLUMNS, MAX_NORMED, RowNorm, partial_dot, reduce_slices, slices_per_column, stage_norm,
-};
+use crate::gemv::{COLUMNS, MAX_NORMED, RowCube, RowNorm, partial_dot, reduce_slices, stage_norm};
 use crate::rotary::owned;
 use crate::{CubeKernel, float};
 
@@ -294,14 +292,11 @@ impl CubeKernel for QkvRotary {
         let d = cos.meta.shape()[3];
         let width = wq.meta.shape()[1] + 2 * wk.meta.shape()[1];
         let k_len = x.meta.shape()[2];
-        let slices = slices_per_column(&x.client);
-        let strides = wq.meta.strides();
-        let k_major = strides[0] == 1 && strides[1] != 1;
-        let cube_dim = if k_major {
-            CubeDim::new_2d(slices as u32, COLUMNS as u32)
-        } else {
-            CubeDim::new_2d(COLUMNS as u32, slices as u32)
-        };
+        let RowCube {
+            slices,
+            k_major,
+            cube_dim,
+        } = RowCube::of(&wq);
         let dtype = q_out.dtype.into();
         // SAFETY: `qkv_rotary_append` checked the shapes (`qkv_rotary_append_fits`): the
         // width is a multiple of 16 (heads of `d`, a multiple of 16), so every cube's columns
