@@ -32,6 +32,7 @@ mod repmixer;
 mod squeeze_excite;
 mod weights;
 
+pub use activation::gelu;
 pub use attention::Attention;
 pub use attention_block::AttentionBlock;
 pub use config::FastVitHdConfig;

@@ -49,8 +49,19 @@ impl<B: Backend> Qwen2Mlp<B> {
         );
         #[cfg(not(feature = "cubecl"))]
         let row = None;
-        row.unwrap_or_else(|| silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x))
+        row.unwrap_or_else(|| swiglu(self.gate_proj.forward(x.clone()), self.up_proj.forward(x)))
     }
+}
+
+/// `silu(gate) · up`: on flex in one parallel pass (`vlm_kernels::flex`, with this crate's `flex`
+/// feature), else burn's ops.
+fn swiglu<B: Backend>(gate: Tensor<B, 3>, up: Tensor<B, 3>) -> Tensor<B, 3> {
+    #[cfg(feature = "flex")]
+    let (gate, up) = match vlm_kernels::flex::swiglu(gate, up) {
+        Ok(product) => return product,
+        Err(inputs) => inputs,
+    };
+    silu(gate) * up
 }
 
 /// SiLU evaluated in f32 and rounded once at f16/bf16, as PyTorch evaluates it (burn's
