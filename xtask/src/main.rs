@@ -10,11 +10,14 @@
 //!   `vlm-cli predict --json --logprobs 5 --temperature 0 --max-new-tokens 24` and `encode` on
 //!   that checkpoint and compares with `DIR.reference.safetensors` (ids, top-5 log-probs within
 //!   1e-3, features rel-L2 ≤ 1e-4).
-//! - `device-check [--out gpu-check] [--no-vulkan]`: the GPU machine's bundle (under 64 MiB):
+//! - `device-check [--out gpu-check] [--no-vulkan] [--kernel-cache FILE]`: the GPU machine's
+//!   bundle (under 64 MiB):
 //!   stripped, xz-compressed `vlm-cli` and `fastvlm-bench` built with `cuda` (and `vulkan`),
 //!   the Python references, the Qwen2 tokenizer files, the CPU f32 outputs of the
 //!   FastVLM-0.5B-shaped checkpoint made here, and `run.sh` (`xtask/gpu/run.sh`), which
-//!   regenerates that checkpoint there and compares every backend and precision with them.
+//!   regenerates that checkpoint there and compares every backend and precision with them;
+//!   with `--kernel-cache`, an earlier run's `kernels.tar.xz` (compiled kernels, autotune
+//!   results), which `run.sh` unpacks before anything compiles.
 //! - `bench-report [--backend cpu|cuda|wgpu] [--res 256,…] [--iters N] [--tokens N]
 //!   [--dtypes f32,bf16] [--compile] [--label NAME]`: builds `fastvlm-bench` (release,
 //!   the backend's feature), runs it and the PyTorch reference in the same run
@@ -181,11 +184,19 @@ fn bench_report(args: &[String]) -> Result<(), String> {
 fn device_check(args: &[String]) -> Result<(), String> {
     let mut out = root().join("gpu-check");
     let mut vulkan = true;
+    let mut kernel_cache = None;
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         match flag.as_str() {
             "--out" => out = PathBuf::from(it.next().ok_or("`--out` needs a value")?),
             "--no-vulkan" => vulkan = false,
+            "--kernel-cache" => {
+                let file = PathBuf::from(it.next().ok_or("`--kernel-cache` needs a file")?);
+                if !file.is_file() {
+                    return Err(format!("--kernel-cache: no file {}", file.display()));
+                }
+                kernel_cache = Some(file);
+            }
             _ => return Err(format!("unknown flag `{flag}` for device-check")),
         }
     }
@@ -242,6 +253,13 @@ fn device_check(args: &[String]) -> Result<(), String> {
         copy(&anchor, &out.join("python/anchor_pytorch.py"))?;
     }
     copy(&root().join("xtask/gpu/run.sh"), &out.join("run.sh"))?;
+    // An earlier GPU run's kernel cache (its OUT/kernels.tar.xz): run.sh unpacks it first.
+    let cache = out.join("kernels.tar.xz");
+    match &kernel_cache {
+        Some(file) => copy(file, &cache)?,
+        None if cache.exists() => std::fs::remove_file(&cache).map_err(|e| e.to_string())?,
+        None => {}
+    }
     copy(
         &root().join("fixtures/e2e/images/wide.png"),
         &out.join("image.png"),
