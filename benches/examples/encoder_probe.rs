@@ -90,8 +90,10 @@ fn main() {
     let big =
         Tensor::<Bench, 4>::random([1, 4 * c, 64, 64], Distribution::Normal(0.0, 1.0), &device);
     time("gelu on [1, 1536, 64, 64] (burn)", 5, || gelu(big.clone()));
-    time("gelu on [1, 1536, 64, 64] (fastvithd::gelu)", 5, || {
-        fastvithd::gelu(big.clone())
-    });
+    time(
+        "gelu on [1, 1536, 64, 64] (vlm_kernels::activation)",
+        5,
+        || vlm_kernels::activation::gelu(big.clone()),
+    );
     time("add on [1, 384, 64, 64]", 5, || x.clone() + x.clone());
 }

@@ -2,10 +2,10 @@ use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::tensor::{Tensor, backend::Backend};
 
-use crate::activation::gelu;
 use crate::depthwise::conv_forward;
 use crate::pointwise::Pointwise;
 use crate::weights::{ConvSpec, LoadError, WeightLoader};
+use vlm_kernels::activation::gelu;
 
 /// ConvFFN: depthwise 7×7 conv + BatchNorm, 1×1 `fc1` (×mlp_ratio), GELU, 1×1 `fc2`.
 ///

@@ -4,7 +4,7 @@ use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, FloatDType, Tensor, backend::Backend};
 
-use crate::activation::gelu;
+use vlm_kernels::activation::gelu;
 
 /// A per-channel convolution: every output channel reads exactly one input channel
 /// (`groups == c_in`, `c_out = multiplier · c_in`), square kernel, no dilation, the same

@@ -16,7 +16,6 @@
 //! # }
 //! ```
 
-mod activation;
 mod attention;
 mod attention_block;
 mod config;
@@ -32,7 +31,6 @@ mod repmixer;
 mod squeeze_excite;
 mod weights;
 
-pub use activation::gelu;
 pub use attention::Attention;
 pub use attention_block::AttentionBlock;
 pub use config::FastVitHdConfig;

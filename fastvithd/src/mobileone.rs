@@ -2,10 +2,10 @@ use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::tensor::{Tensor, backend::Backend};
 
-use crate::activation::gelu;
 use crate::depthwise::conv_forward;
 use crate::squeeze_excite::SqueezeExcite;
 use crate::weights::{ConvSpec, LoadError, WeightLoader};
+use vlm_kernels::activation::gelu;
 
 /// MobileOne block in its inference form: one re-parameterised convolution (`reparam_conv`), an
 /// optional squeeze-excite, then GELU.

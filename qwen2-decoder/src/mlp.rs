@@ -1,7 +1,7 @@
 use burn::module::Module;
 use burn::nn::Linear;
-use burn::tensor::activation;
-use burn::tensor::{DType, FloatDType, Tensor, backend::Backend};
+use burn::tensor::{Tensor, backend::Backend};
+use vlm_kernels::activation::swiglu;
 
 use crate::rms_norm::RmsNorm;
 
@@ -50,30 +50,6 @@ impl<B: Backend> Qwen2Mlp<B> {
         #[cfg(not(feature = "cubecl"))]
         let row = None;
         row.unwrap_or_else(|| swiglu(self.gate_proj.forward(x.clone()), self.up_proj.forward(x)))
-    }
-}
-
-/// `silu(gate) · up`: on flex in one parallel pass (`vlm_kernels::flex`, with this crate's `flex`
-/// feature), else burn's ops.
-fn swiglu<B: Backend>(gate: Tensor<B, 3>, up: Tensor<B, 3>) -> Tensor<B, 3> {
-    #[cfg(feature = "flex")]
-    let (gate, up) = match vlm_kernels::flex::swiglu(gate, up) {
-        Ok(product) => return product,
-        Err(inputs) => inputs,
-    };
-    silu(gate) * up
-}
-
-/// SiLU evaluated in f32 and rounded once at f16/bf16, as PyTorch evaluates it (burn's
-/// `x·sigmoid(x)` rounds after each step at the tensor's precision; under fusion the casts join
-/// the same kernel).
-fn silu<B: Backend>(x: Tensor<B, 3>) -> Tensor<B, 3> {
-    match x.dtype() {
-        DType::F16 | DType::BF16 => {
-            let dtype = x.dtype();
-            activation::silu(x.cast(FloatDType::F32)).cast(dtype)
-        }
-        _ => activation::silu(x),
     }
 }
 

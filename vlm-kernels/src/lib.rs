@@ -19,9 +19,11 @@
 //! `FASTVLM_CUBECL_KERNELS=off` leaves every op to burn, and a list of kernel names runs only
 //! those ([`switched_on`]), for timing each kernel against burn's op in one build.
 //!
-//! On flex (feature `flex`), [`flex`] evaluates the elementwise activations flex runs one
-//! element at a time on one thread through libm (GELU, SwiGLU's SiLU) in one parallel pass.
+//! [`activation`] holds the models' GELU, SiLU and SwiGLU as PyTorch evaluates them (f32 inside
+//! at f16/bf16); on flex (feature `flex`) through [`flex`], one parallel pass where flex runs
+//! one element at a time on one thread through libm.
 
+pub mod activation;
 #[cfg(feature = "cubecl")]
 mod attention;
 #[cfg(feature = "cubecl")]

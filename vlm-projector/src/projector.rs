@@ -2,8 +2,8 @@ use std::str::FromStr;
 
 use burn::module::{Module, Param};
 use burn::nn::{Linear, LinearConfig};
-use burn::tensor::activation;
-use burn::tensor::{DType, FloatDType, Tensor, TensorData, backend::Backend};
+use burn::tensor::{DType, Tensor, TensorData, backend::Backend};
+use vlm_kernels::activation::gelu;
 
 /// The projector architectures LLaVA names in `mm_projector_type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,18 +111,6 @@ impl<B: Backend> Projector<B> {
             x = layer.forward(x);
         }
         x
-    }
-}
-
-/// GELU evaluated in f32 and rounded once at f16/bf16, as PyTorch evaluates it (burn's rounds
-/// after each step at the tensor's precision; under fusion the casts join the same kernel).
-fn gelu<B: Backend>(x: Tensor<B, 3>) -> Tensor<B, 3> {
-    match x.dtype() {
-        DType::F16 | DType::BF16 => {
-            let dtype = x.dtype();
-            activation::gelu(x.cast(FloatDType::F32)).cast(dtype)
-        }
-        _ => activation::gelu(x),
     }
 }
 

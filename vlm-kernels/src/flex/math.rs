@@ -59,7 +59,7 @@ unsafe fn swiglu_slice_avx2(gate: &mut [f32], up: &[f32]) {
 /// SiLU, `x·σ(x)`, with `σ` from `e^{−|x|}` (never overflows): `1/(1 + e^{−x})` for `x ≥ 0`,
 /// `e^{x}/(1 + e^{x})` below.
 #[inline(always)]
-pub(crate) fn silu(x: f32) -> f32 {
+fn silu(x: f32) -> f32 {
     let s = exp_non_positive(-x.abs());
     let numerator = if x >= 0.0 { 1.0 } else { s };
     x * (numerator / (1.0 + s))
@@ -67,7 +67,7 @@ pub(crate) fn silu(x: f32) -> f32 {
 
 /// GELU (erf form) of one value, branch-free so that loops over it vectorise.
 #[inline(always)]
-pub(crate) fn gelu(x: f32) -> f32 {
+fn gelu(x: f32) -> f32 {
     let z = x.abs() * std::f32::consts::FRAC_1_SQRT_2;
     let t = 1.0 / (1.0 + 0.4 * z);
     let mut p = ERFC_P[9];
