@@ -42,7 +42,8 @@ impl<B: Backend> Attention<B> {
     /// softmax(q·kᵀ/√head_dim)·v for `[batch, heads, tokens, head_dim]` each: one kernel on the
     /// CubeCL backends (`vlm_kernels::attention` reads the strided q/k/v views of the `qkv`
     /// output in place; burn 0.21's attention is a dozen launches and materialises the scores),
-    /// burn's attention elsewhere.
+    /// on flex at f32 `vlm_kernels::flex::attention` (burn's runs one head at a time on one
+    /// thread), burn's attention elsewhere.
     fn attend(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>) -> Tensor<B, 4> {
         #[cfg(feature = "cubecl")]
         if vlm_kernels::available::<B>(vlm_kernels::Kernel::Attention) {
@@ -54,6 +55,11 @@ impl<B: Backend> Attention<B> {
                 return vlm_kernels::attention(q, k, v, options);
             }
         }
+        #[cfg(feature = "flex")]
+        let (q, k, v) = match vlm_kernels::flex::attention(q, k, v, false) {
+            Ok(out) => return out,
+            Err(inputs) => inputs,
+        };
         attention(q, k, v, None, None, AttentionModuleOptions::default())
     }
 

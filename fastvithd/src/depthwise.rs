@@ -60,27 +60,36 @@ impl DepthwiseOptions {
 /// or `cuda` feature this is one kernel (`vlm_kernels::depthwise_conv2d`) that reads NCHW
 /// directly, accumulates in f32 at every precision and applies the bias and the GELU before
 /// writing: burn 0.21's convolution transposes to NHWC and back around its own kernel and
-/// leaves bias and activation to further launches. Every other backend takes burn's `conv2d`
-/// (+ `gelu`).
+/// leaves bias and activation to further launches. On flex at f32 (this crate's `flex`
+/// feature) it is `vlm_kernels::flex::depthwise_conv2d`, a vectorised loop per channel with the
+/// bias and GELU in the same pass: flex runs grouped convolutions one output pixel at a time.
+/// Every other backend takes burn's `conv2d` (+ `gelu`).
 pub fn depthwise_conv2d<B: Backend>(
     x: Tensor<B, 4>,
     weight: Tensor<B, 4>,
     bias: Tensor<B, 1>,
     options: DepthwiseOptions,
 ) -> Tensor<B, 4> {
+    let geometry = vlm_kernels::Depthwise {
+        kernel: options.kernel,
+        stride: options.stride,
+        padding: options.padding,
+        multiplier: options.multiplier,
+        gelu: options.gelu,
+    };
     #[cfg(feature = "cubecl")]
-    if vlm_kernels::available::<B>(vlm_kernels::Kernel::Depthwise) {
-        let geometry = vlm_kernels::Depthwise {
-            kernel: options.kernel,
-            stride: options.stride,
-            padding: options.padding,
-            multiplier: options.multiplier,
-            gelu: options.gelu,
-        };
-        if geometry.fits(&x, &weight, &bias) {
-            return vlm_kernels::depthwise_conv2d(x, weight, bias, geometry);
-        }
+    if vlm_kernels::available::<B>(vlm_kernels::Kernel::Depthwise)
+        && geometry.fits(&x, &weight, &bias)
+    {
+        return vlm_kernels::depthwise_conv2d(x, weight, bias, geometry);
     }
+    #[cfg(feature = "flex")]
+    let (x, weight, bias) = match vlm_kernels::flex::depthwise_conv2d(x, weight, bias, geometry) {
+        Ok(y) => return y,
+        Err(inputs) => inputs,
+    };
+    #[cfg(not(feature = "flex"))]
+    let _ = geometry;
     let channels = x.dims()[1];
     let y = conv2d(
         x,

@@ -157,7 +157,9 @@ impl<B: Backend> Qwen2Attention<B> {
     ///
     /// On the CubeCL backends one kernel reads the cache in place (`vlm_kernels::attention`:
     /// burn 0.21's attention is about a dozen launches plus two copies for the repeated kv
-    /// heads); elsewhere burn's attention over the repeated kv heads.
+    /// heads); on flex at f32 `vlm_kernels::flex::attention`, which reads the grouped kv heads
+    /// in place and spreads heads over the cores; elsewhere burn's attention over the repeated
+    /// kv heads.
     fn attend(
         &self,
         q: Tensor<B, 4>,
@@ -173,6 +175,13 @@ impl<B: Backend> Qwen2Attention<B> {
                 return vlm_kernels::attention(q, k, v, options);
             }
         }
+        #[cfg(feature = "flex")]
+        let (q, k, v) =
+            match vlm_kernels::flex::attention(q, k.narrow(2, 0, len), v.narrow(2, 0, len), causal)
+            {
+                Ok(out) => return out,
+                Err((q, k, v)) => (q, k, v),
+            };
         let (k, v) = (self.repeat_kv(k, len), self.repeat_kv(v, len));
         // burn aligns the causal mask bottom-right: the n queries are the last n of the keys.
         let options = AttentionModuleOptions {

@@ -6,28 +6,9 @@ use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{CubeRuntime, kernel::into_contiguous};
 
-use crate::{CubeKernel, float, run};
-
-/// The geometry of a per-channel convolution: every output channel reads exactly one input
-/// channel (`groups == c_in`, `c_out = multiplier · c_in`), square kernel, no dilation, the same
-/// padding on every side, a bias, and optionally GELU (exact, erf) on the result.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Depthwise {
-    pub kernel: usize,
-    pub stride: usize,
-    pub padding: usize,
-    /// Output channels per input channel.
-    pub multiplier: usize,
-    /// GELU (erf form) applied to the biased result inside the same kernel.
-    pub gelu: bool,
-}
+use crate::{CubeKernel, Depthwise, float, run};
 
 impl Depthwise {
-    /// Output size along one spatial axis of `size` input pixels.
-    pub fn output_size(&self, size: usize) -> usize {
-        (size + 2 * self.padding - self.kernel) / self.stride + 1
-    }
-
     /// Whether [`depthwise_conv2d`] takes these tensors: the per-channel convolution this
     /// geometry describes, in one float type the kernel reads (f32, f16, bf16).
     pub fn fits<B: Backend>(
@@ -36,18 +17,8 @@ impl Depthwise {
         weight: &BurnTensor<B, 4>,
         bias: &BurnTensor<B, 1>,
     ) -> bool {
-        let [_, c_in, h, w] = x.dims();
-        let [c_out, in_per_group, kh, kw] = weight.dims();
         let float = matches!(x.dtype(), DType::F32 | DType::F16 | DType::BF16);
-        in_per_group == 1
-            && kh == self.kernel
-            && kw == self.kernel
-            && self.stride > 0
-            && self.multiplier > 0
-            && c_out == c_in * self.multiplier
-            && bias.dims() == [c_out]
-            && h + 2 * self.padding >= self.kernel
-            && w + 2 * self.padding >= self.kernel
+        self.fits_shapes(x.dims(), weight.dims(), bias.dims())
             && float
             && x.dtype() == weight.dtype()
             && x.dtype() == bias.dtype()

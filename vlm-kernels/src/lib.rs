@@ -36,6 +36,7 @@ mod depthwise;
 pub mod flex;
 #[cfg(feature = "cubecl")]
 mod gemv;
+mod geometry;
 #[cfg(feature = "cubecl")]
 mod qkv_rotary;
 #[cfg(feature = "cubecl")]
@@ -50,7 +51,7 @@ pub(crate) use cube::{CubeKernel, float, run, run_all};
 #[cfg(feature = "cubecl")]
 pub use cube::{Kernel, available, cubecl_backend, switched_on};
 #[cfg(feature = "cubecl")]
-pub use depthwise::{Depthwise, depthwise_conv2d};
+pub use depthwise::depthwise_conv2d;
 #[cfg(feature = "cubecl")]
 pub use gemv::{RowNorm, RowProjection, linear_row, linear_row_fits};
 #[cfg(feature = "cubecl")]
@@ -59,6 +60,8 @@ pub use qkv_rotary::{qkv_rotary_append, qkv_rotary_append_fits};
 pub use rms_norm::{rms_norm, rms_norm_fits};
 #[cfg(feature = "cubecl")]
 pub use rotary::{rotary_append, rotary_append_fits};
+
+pub use geometry::Depthwise;
 
 use std::any::{Any, TypeId};
 

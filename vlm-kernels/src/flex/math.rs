@@ -56,6 +56,65 @@ unsafe fn swiglu_slice_avx2(gate: &mut [f32], up: &[f32]) {
     gate.iter_mut().zip(up).for_each(|(g, u)| *g = silu(*g) * u);
 }
 
+/// Softmax numerators of one row of attention scores in place: `e^{s − max}` over the first
+/// `visible` entries (the max taken over those), 0 after them (the causal mask); returns
+/// `1/Σ` for the caller to scale the weighted sum with. A NaN among the visible scores makes
+/// the whole row NaN, as PyTorch's softmax does. AVX2 as [`gelu_slice`].
+pub(super) fn softmax_row(row: &mut [f32], visible: usize) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2, checked just above.
+        return unsafe { softmax_row_avx2(row, visible) };
+    }
+    softmax_row_any(row, visible)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn softmax_row_avx2(row: &mut [f32], visible: usize) -> f32 {
+    softmax_row_any(row, visible)
+}
+
+#[inline(always)]
+fn softmax_row_any(row: &mut [f32], visible: usize) -> f32 {
+    let (scores, masked) = row.split_at_mut(visible);
+    masked.fill(0.0);
+    // Eight running lanes so that the reductions vectorise (a single accumulator is a chain).
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let mut nan = [false; 8];
+    let mut chunks = scores.chunks_exact(8);
+    for c in chunks.by_ref() {
+        for i in 0..8 {
+            lanes[i] = if c[i] > lanes[i] { c[i] } else { lanes[i] };
+            nan[i] |= c[i].is_nan();
+        }
+    }
+    for (i, &v) in chunks.remainder().iter().enumerate() {
+        lanes[i] = if v > lanes[i] { v } else { lanes[i] };
+        nan[i] |= v.is_nan();
+    }
+    let max = lanes
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+    // +∞ among the scores makes ∞ − ∞ in PyTorch: NaN as well.
+    if nan.iter().any(|&n| n) || !max.is_finite() {
+        scores.fill(f32::NAN);
+        return f32::NAN;
+    }
+    scores
+        .iter_mut()
+        .for_each(|s| *s = exp_non_positive(*s - max));
+    let mut sums = [0.0f32; 8];
+    let mut chunks = scores.chunks_exact(8);
+    for c in chunks.by_ref() {
+        for i in 0..8 {
+            sums[i] += c[i];
+        }
+    }
+    let tail: f32 = chunks.remainder().iter().sum();
+    1.0 / (sums.iter().sum::<f32>() + tail)
+}
+
 /// SiLU, `x·σ(x)`, with `σ` from `e^{−|x|}` (never overflows): `1/(1 + e^{−x})` for `x ≥ 0`,
 /// `e^{x}/(1 + e^{x})` below.
 #[inline(always)]
@@ -67,7 +126,7 @@ fn silu(x: f32) -> f32 {
 
 /// GELU (erf form) of one value, branch-free so that loops over it vectorise.
 #[inline(always)]
-fn gelu(x: f32) -> f32 {
+pub(super) fn gelu(x: f32) -> f32 {
     let z = x.abs() * std::f32::consts::FRAC_1_SQRT_2;
     let t = 1.0 / (1.0 + 0.4 * z);
     let mut p = ERFC_P[9];

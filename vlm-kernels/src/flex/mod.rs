@@ -11,7 +11,12 @@
 //! Each op takes f32 tensors of any shape and layout and hands its inputs back (`Err`) on
 //! another backend or dtype, so that the caller goes on with burn's ops.
 
+mod attention;
+mod depthwise;
 mod math;
+
+pub use attention::attention;
+pub use depthwise::depthwise_conv2d;
 
 use burn::backend::flex::FlexTensor;
 use burn::tensor::{DType, Tensor, TensorPrimitive, backend::Backend};
