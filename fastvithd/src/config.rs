@@ -47,7 +47,7 @@ impl FastVitHdConfig {
 
     /// Checks the invariants the topology relies on.
     pub fn validate(&self) -> Result<(), String> {
-        if self.embed_dims.iter().any(|&d| d == 0) || self.layers.iter().any(|&l| l == 0) {
+        if self.embed_dims.contains(&0) || self.layers.contains(&0) {
             return Err(format!(
                 "FastViTHD: layers {:?} and embed_dims {:?} must all be positive",
                 self.layers, self.embed_dims
