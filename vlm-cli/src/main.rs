@@ -157,6 +157,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<(), String> {
     // Before any device is touched: CubeCL reads its configuration once.
     backend::keep_compiled_kernels();
+    backend::keep_freed_memory();
     let (backend, dtype) = match &cli.command {
         Command::Predict(a) => (&a.model.backend, a.model.dtype),
         Command::Encode(a) => (&a.model.backend, a.model.dtype),

@@ -46,6 +46,7 @@ fn main() -> ExitCode {
         launch_log::start();
     }
     backend::keep_compiled_kernels();
+    backend::keep_freed_memory();
     let backend_name =
         flag(&args, "--backend").unwrap_or_else(|| backend::compiled()[0].to_string());
     let precision = match flag(&args, "--dtype").map(|d| d.parse::<Precision>()) {
