@@ -85,8 +85,25 @@ impl<B: Backend> ConvFfn<B> {
     /// `[batch, dim, h, w]` → `[batch, dim, h, w]`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let x = conv_forward(&self.conv, x, false);
+        // On flex (f32) both 1×1 convolutions and the GELU run a block of pixels at a time, so
+        // the 4× wide map never leaves the cache.
+        #[cfg(feature = "flex")]
+        let x = match vlm_kernels::flex::pointwise_mlp(x, &self.mlp_weights()) {
+            Ok(y) => return y,
+            Err(x) => x,
+        };
         let x = gelu(self.fc1.forward(x));
         self.fc2.forward(x)
+    }
+
+    #[cfg(feature = "flex")]
+    fn mlp_weights(&self) -> vlm_kernels::flex::PointwiseMlp<B> {
+        vlm_kernels::flex::PointwiseMlp {
+            w1: self.fc1.weight.val(),
+            b1: self.fc1.bias.val(),
+            w2: self.fc2.weight.val(),
+            b2: self.fc2.bias.val(),
+        }
     }
 }
 

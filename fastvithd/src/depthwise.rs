@@ -131,11 +131,42 @@ pub(crate) fn conv_forward<B: Backend>(
                 y.cast(dtype)
             }
             _ => {
+                #[cfg(feature = "flex")]
+                let x = match dense_on_flex(conv, x, then_gelu) {
+                    Ok(y) => return y,
+                    Err(x) => x,
+                };
                 let y = conv.forward(x);
                 if then_gelu { gelu(y) } else { y }
             }
         },
     }
+}
+
+/// A dense convolution with few input channels (the stem's first) through
+/// `vlm_kernels::flex::conv2d_patches`, GELU included; `x` back when that does not take it.
+#[cfg(feature = "flex")]
+fn dense_on_flex<B: Backend>(
+    conv: &Conv2d<B>,
+    x: Tensor<B, 4>,
+    then_gelu: bool,
+) -> Result<Tensor<B, 4>, Tensor<B, 4>> {
+    let [_, _, kh, kw] = conv.weight.dims();
+    let (Some([padding, padding_w]), Some(bias)) = (even_padding(conv), &conv.bias) else {
+        return Err(x);
+    };
+    let square = kh == kw && padding == padding_w && conv.stride[0] == conv.stride[1];
+    if !square || conv.groups != 1 || conv.dilation != [1, 1] {
+        return Err(x);
+    }
+    let geometry = vlm_kernels::flex::DenseConv {
+        kernel: kh,
+        stride: conv.stride[0],
+        padding,
+        gelu: then_gelu,
+    };
+    vlm_kernels::flex::conv2d_patches(x, conv.weight.val(), bias.val(), geometry)
+        .map_err(|(x, _, _)| x)
 }
 
 /// `conv`'s padding `[rows, columns]` when it is explicit and the same on opposite sides.

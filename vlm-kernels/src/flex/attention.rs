@@ -15,7 +15,7 @@ use burn::backend::flex::FlexTensor;
 use burn::tensor::{DType, Tensor, backend::Backend};
 use rayon::prelude::*;
 
-use super::{flex, math, on_flex, tensor};
+use super::{SharedMut, flex, math, on_flex, tensor};
 
 /// Queries per task: their scores against up to a few thousand keys stay in L2.
 const QUERY_BLOCK: usize = 64;
@@ -165,20 +165,6 @@ pub fn attention<B: Backend>(
     let bytes = burn::tensor::Bytes::from_elems(out);
     Ok(tensor(FlexTensor::new(bytes, layout, DType::F32)))
 }
-
-/// The output buffer, written by disjoint tasks.
-#[derive(Clone, Copy)]
-struct SharedMut(*mut f32);
-
-impl SharedMut {
-    /// Through a method, so that closures capture the `Sync` wrapper rather than its field.
-    fn get(&self) -> *mut f32 {
-        self.0
-    }
-}
-// SAFETY: every task writes its own rows of the buffer (see `attention`).
-unsafe impl Send for SharedMut {}
-unsafe impl Sync for SharedMut {}
 
 /// An input's first element and strides, read in place.
 struct Operand {

@@ -12,11 +12,15 @@
 //! another backend or dtype, so that the caller goes on with burn's ops.
 
 mod attention;
+mod conv;
 mod depthwise;
 mod math;
+mod mlp;
 
 pub use attention::attention;
+pub use conv::{DenseConv, conv2d_patches};
 pub use depthwise::depthwise_conv2d;
+pub use mlp::{PointwiseMlp, pointwise_mlp};
 
 use burn::backend::flex::FlexTensor;
 use burn::tensor::{DType, Tensor, TensorPrimitive, backend::Backend};
@@ -85,6 +89,22 @@ fn flex<B: Backend, const D: usize>(x: Tensor<B, D>) -> FlexTensor {
 fn tensor<B: Backend, const D: usize>(t: FlexTensor) -> Tensor<B, D> {
     Tensor::from_primitive(TensorPrimitive::Float(cast(t)))
 }
+
+/// An output buffer that parallel tasks write in disjoint parts.
+#[derive(Clone, Copy)]
+struct SharedMut(*mut f32);
+
+impl SharedMut {
+    /// Through a method, so that closures capture the `Sync` wrapper rather than its field.
+    fn get(&self) -> *mut f32 {
+        self.0
+    }
+}
+
+// SAFETY: the ops that make one write disjoint parts of the buffer (each says which) and
+// keep the buffer alive until their tasks are done.
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
 
 /// `t` with its elements in row-major order from the start of its storage.
 fn contiguous(t: FlexTensor) -> FlexTensor {
