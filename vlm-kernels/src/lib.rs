@@ -21,7 +21,9 @@
 //!
 //! [`activation`] holds the models' GELU, SiLU and SwiGLU as PyTorch evaluates them (f32 inside
 //! at f16/bf16); on flex (feature `flex`) through [`flex`], one parallel pass where flex runs
-//! one element at a time on one thread through libm.
+//! one element at a time on one thread through libm. [`flex`] also has the CPU's attention,
+//! per-channel and small dense convolutions and FastViTHD's pixel-wise MLP (ConvFFN), each a
+//! parallel loop over the cores where flex 0.21 runs one thread or round-trips memory.
 
 pub mod activation;
 #[cfg(feature = "cubecl")]

@@ -1,4 +1,4 @@
-//! Elementwise activations on burn's `flex` CPU backend in one parallel, vectorised pass.
+//! FastVLM's slow ops on burn's `flex` CPU backend as parallel, vectorised loops.
 //!
 //! flex 0.21 evaluates `gelu` and `silu` one element at a time on one thread, through libm's
 //! branchy scalar `erff` and `expf`. At 1024² FastViTHD's ConvFFN GELUs took more time than
@@ -8,8 +8,14 @@
 //! goes through the same branch-free arithmetic ([`math`]), which the compiler vectorises (8
 //! lanes where the CPU has AVX2), in chunks spread over rayon's threads.
 //!
-//! Each op takes f32 tensors of any shape and layout and hands its inputs back (`Err`) on
-//! another backend or dtype, so that the caller goes on with burn's ops.
+//! The same holds for whole ops: [`attention`] (flex: one head at a time on one thread),
+//! [`depthwise_conv2d`] (flex: one output pixel at a time), [`conv2d_patches`] (the stem's
+//! dense convolution from 3 channels) and [`pointwise_mlp`] (ConvFFN without its wide map in
+//! memory), each split into tasks over rayon's threads that call the `gemm` crate (flex's own
+//! matrix product) single-threaded on strided blocks.
+//!
+//! Each op takes f32 tensors and hands its inputs back (`Err`) on another backend, dtype or
+//! shape, so that the caller goes on with burn's ops.
 
 mod attention;
 mod conv;
