@@ -11,11 +11,11 @@
 
 use std::cell::RefCell;
 
-use burn::backend::flex::FlexTensor;
+use burn::backend::flex::{FlexTensor, Layout};
 use burn::tensor::{DType, Tensor, backend::Backend};
 use rayon::prelude::*;
 
-use super::{SharedMut, flex, math, on_flex, tensor};
+use super::{Matrix, SharedMut, flex, math, on_flex, output_laid_out, product};
 
 /// Queries per task: their scores against up to a few thousand keys stay in L2.
 const QUERY_BLOCK: usize = 64;
@@ -90,27 +90,8 @@ pub fn attention<B: Backend>(
                 // tensors (`first + rows ≤ n`, `keys ≤ m`), read through the tensors' own strides;
                 // `scores` holds `rows × keys`.
                 unsafe {
-                    gemm::gemm(
-                        rows,
-                        keys,
-                        d,
-                        scores.as_mut_ptr(),
-                        1,
-                        keys as isize,
-                        false,
-                        q.ptr,
-                        q.strides[3],
-                        q.strides[2],
-                        k.ptr,
-                        k.strides[2],
-                        k.strides[3],
-                        0.0,
-                        scale,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    );
+                    let dst = scores.as_mut_ptr();
+                    product([rows, keys, d], dst, keys, q, k.transposed(), scale, None);
                 }
                 let inverse_sums: Vec<f32> = scores
                     .chunks_exact_mut(keys)
@@ -125,27 +106,8 @@ pub fn attention<B: Backend>(
                 // v's `keys × dv` lie inside v.
                 unsafe {
                     let dst = out_ptr.get().add((b * n + first) * row_stride + head * dv);
-                    gemm::gemm(
-                        rows,
-                        dv,
-                        keys,
-                        dst,
-                        1,
-                        row_stride as isize,
-                        false,
-                        scores.as_ptr(),
-                        1,
-                        keys as isize,
-                        v.ptr,
-                        v.strides[3],
-                        v.strides[2],
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    );
+                    let weights = Matrix::rows(scores.as_ptr(), keys);
+                    product([rows, dv, keys], dst, row_stride, weights, v, 1.0, None);
                     for (i, inverse) in inverse_sums.into_iter().enumerate() {
                         let row = std::slice::from_raw_parts_mut(dst.add(i * row_stride), dv);
                         row.iter_mut().for_each(|x| *x *= inverse);
@@ -155,15 +117,10 @@ pub fn attention<B: Backend>(
         });
 
     let shape = burn::tensor::Shape::from(vec![batch, heads, n, dv]);
-    let strides = vec![
-        (n * row_stride) as isize,
-        dv as isize,
-        row_stride as isize,
-        1,
-    ];
-    let layout = burn::backend::flex::Layout::new(shape, strides, 0);
-    let bytes = burn::tensor::Bytes::from_elems(out);
-    Ok(tensor(FlexTensor::new(bytes, layout, DType::F32)))
+    let strides = [n * row_stride, dv, row_stride, 1]
+        .map(|s| s as isize)
+        .to_vec();
+    Ok(output_laid_out(out, Layout::new(shape, strides, 0)))
 }
 
 /// An input's first element and strides, read in place.
@@ -197,37 +154,31 @@ impl Operand {
         }
     }
 
-    /// The operand at `index` (a copy of `self` moved to that element).
-    fn at(&self, index: [usize; 4]) -> At {
+    /// The matrix over the last two axes at `index` (its first element): rows along axis 2,
+    /// columns along axis 3.
+    fn at(&self, index: [usize; 4]) -> Matrix {
         let offset: isize = index
             .iter()
             .zip(self.strides)
             .map(|(&i, s)| i as isize * s)
             .sum();
-        // SAFETY: callers pass indices inside the tensor's shape.
-        At {
+        Matrix {
+            // SAFETY: callers pass indices inside the tensor's shape.
             ptr: unsafe { self.ptr.offset(offset) },
-            strides: self.strides,
+            row: self.strides[2],
+            col: self.strides[3],
         }
     }
-}
-
-/// A position inside an [`Operand`].
-struct At {
-    ptr: *const f32,
-    strides: [isize; 4],
 }
 
 #[cfg(test)]
 mod tests {
     use burn::backend::Flex;
-    use burn::tensor::{Bool, Distribution, FloatDType, Tensor, TensorData, activation};
+    use burn::tensor::{Bool, FloatDType, Tensor, TensorData, activation};
+
+    use crate::flex::testing::{random, rel_l2};
 
     type T4 = Tensor<Flex, 4>;
-
-    fn random(shape: [usize; 4], std: f64) -> T4 {
-        Tensor::random(shape, Distribution::Normal(0.0, std), &Default::default())
-    }
 
     /// The definition in burn's tensor ops: k and v repeated per query head, the scores
     /// materialised, masked with −∞ above the shifted diagonal, softmax, product.
@@ -257,11 +208,6 @@ mod tests {
             scores
         };
         activation::softmax(scores, 3).matmul(v)
-    }
-
-    fn rel_l2(a: T4, b: T4) -> f32 {
-        let d = (a - b.clone()).powi_scalar(2).sum().into_scalar().sqrt();
-        d / b.powi_scalar(2).sum().into_scalar().sqrt()
     }
 
     fn run(q: T4, k: T4, v: T4, causal: bool) -> T4 {

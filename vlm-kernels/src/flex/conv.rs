@@ -10,11 +10,10 @@
 
 use std::cell::RefCell;
 
-use burn::backend::flex::FlexTensor;
 use burn::tensor::{DType, Tensor, backend::Backend};
 use rayon::prelude::*;
 
-use super::{SharedMut, contiguous, flex, math, on_flex, tensor};
+use super::{Matrix, SharedMut, contiguous, flex, math, on_flex, output, product};
 
 /// Output pixels per task.
 const TILE: usize = 512;
@@ -115,42 +114,20 @@ pub fn conv2d_patches<B: Backend>(
         let image = &input[b * c_in * h * w..(b + 1) * c_in * h * w];
         PATCHES.with_borrow_mut(|patches| {
             // A 1×1 convolution reads its input columns where they are.
-            let (rhs, rhs_rs) = if k == 1 && stride == 1 && padding == 0 {
-                (image[first..].as_ptr(), (h * w) as isize)
+            let rhs = if k == 1 && stride == 1 && padding == 0 {
+                Matrix::rows(image[first..].as_ptr(), h * w)
             } else {
                 gather(patches, image, first, n);
-                (patches.as_ptr(), n as isize)
+                Matrix::rows(patches.as_ptr(), n)
             };
             // SAFETY: this task alone writes columns `first..first + n` of the `c_out` rows
             // (`pixels` apart) of batch `b`'s output; the weights are `c_out × patch` row-major,
-            // the right-hand side `patch × n` with rows `rhs_rs` apart (the block, or for a 1×1
-            // convolution the input's own rows).
+            // the right-hand side `patch × n` (the block, or for a 1×1 convolution the input's
+            // own rows).
             unsafe {
                 let dst = out_ptr.get().add(b * c_out * pixels + first);
-                for (c, &bias) in biases.iter().enumerate() {
-                    std::slice::from_raw_parts_mut(dst.add(c * pixels), n).fill(bias);
-                }
-                gemm::gemm(
-                    c_out,
-                    n,
-                    patch,
-                    dst,
-                    1,
-                    pixels as isize,
-                    true,
-                    weights.as_ptr(),
-                    1,
-                    patch as isize,
-                    rhs,
-                    1,
-                    rhs_rs,
-                    1.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
+                let lhs = Matrix::rows(weights.as_ptr(), patch);
+                product([c_out, n, patch], dst, pixels, lhs, rhs, 1.0, Some(biases));
                 if gelu {
                     for c in 0..c_out {
                         math::gelu_slice(std::slice::from_raw_parts_mut(dst.add(c * pixels), n));
@@ -160,28 +137,19 @@ pub fn conv2d_patches<B: Backend>(
         });
     });
 
-    let shape = burn::tensor::Shape::from(vec![batch, c_out, oh, ow]);
-    let layout = burn::backend::flex::Layout::contiguous(shape);
-    let bytes = burn::tensor::Bytes::from_elems(out);
-    Ok(tensor(FlexTensor::new(bytes, layout, DType::F32)))
+    Ok(output(out, [batch, c_out, oh, ow]))
 }
 
 #[cfg(test)]
 mod tests {
     use burn::backend::Flex;
-    use burn::tensor::module::conv2d;
-    use burn::tensor::ops::ConvOptions;
-    use burn::tensor::{Distribution, FloatDType, Tensor, activation};
+    use burn::tensor::{FloatDType, Tensor};
 
     use super::DenseConv;
+    use crate::flex::testing::{self, burn_conv, rel_l2};
 
     fn random<const D: usize>(shape: [usize; D]) -> Tensor<Flex, D> {
-        Tensor::random(shape, Distribution::Normal(0.0, 1.0), &Default::default())
-    }
-
-    fn rel_l2(a: Tensor<Flex, 4>, b: Tensor<Flex, 4>) -> f32 {
-        let d = (a - b.clone()).powi_scalar(2).sum().into_scalar().sqrt();
-        d / b.powi_scalar(2).sum().into_scalar().sqrt()
+        testing::random(shape, 1.0)
     }
 
     /// burn's `conv2d` (+ `gelu`): the stem's 3×3 stride 2 from 3 channels with GELU, a 1×1,
@@ -200,9 +168,8 @@ mod tests {
             for [h, w] in [[5, 6], [50, 47]] {
                 let x = random([2, c_in, h, w]);
                 let (weight, bias) = (random([7, c_in, kernel, kernel]), random([7]));
-                let options = ConvOptions::new([stride; 2], [padding; 2], [1, 1], 1);
-                let want = conv2d(x.clone(), weight.clone(), Some(bias.clone()), options);
-                let want = if gelu { activation::gelu(want) } else { want };
+                let burn_geometry = [stride, padding, 1];
+                let want = burn_conv(x.clone(), weight.clone(), bias.clone(), burn_geometry, gelu);
                 let run = |x, weight, bias| {
                     super::conv2d_patches(x, weight, bias, geometry)
                         .unwrap_or_else(|_| panic!("flex f32, {geometry:?}"))

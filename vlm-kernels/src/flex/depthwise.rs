@@ -10,11 +10,10 @@
 
 use std::cell::RefCell;
 
-use burn::backend::flex::FlexTensor;
 use burn::tensor::{DType, Tensor, backend::Backend};
 use rayon::prelude::*;
 
-use super::{contiguous, flex, math, on_flex, tensor};
+use super::{contiguous, flex, math, on_flex, output};
 use crate::Depthwise;
 
 /// Output columns per accumulator block: four 8-lane vectors.
@@ -76,10 +75,7 @@ pub fn depthwise_conv2d<B: Backend>(
             });
         });
 
-    let shape = burn::tensor::Shape::from(vec![batch, c_out, oh, ow]);
-    let layout = burn::backend::flex::Layout::contiguous(shape);
-    let bytes = burn::tensor::Bytes::from_elems(out);
-    Ok(tensor(FlexTensor::new(bytes, layout, DType::F32)))
+    Ok(output(out, [batch, c_out, oh, ow]))
 }
 
 /// Where the padded, phase-split copy of an input plane keeps each pixel.
@@ -209,19 +205,13 @@ fn convolve_any(
 #[cfg(test)]
 mod tests {
     use burn::backend::Flex;
-    use burn::tensor::module::conv2d;
-    use burn::tensor::ops::ConvOptions;
-    use burn::tensor::{Distribution, FloatDType, Tensor, activation};
+    use burn::tensor::{FloatDType, Tensor};
 
     use crate::Depthwise;
+    use crate::flex::testing::{self, burn_conv, rel_l2};
 
     fn random<const D: usize>(shape: [usize; D]) -> Tensor<Flex, D> {
-        Tensor::random(shape, Distribution::Normal(0.0, 1.0), &Default::default())
-    }
-
-    fn rel_l2(a: Tensor<Flex, 4>, b: Tensor<Flex, 4>) -> f32 {
-        let d = (a - b.clone()).powi_scalar(2).sum().into_scalar().sqrt();
-        d / b.powi_scalar(2).sum().into_scalar().sqrt()
+        testing::random(shape, 1.0)
     }
 
     /// burn's grouped `conv2d` (+ `gelu`) for FastViTHD's geometries (RepMixer 3×3, ConvFFN and
@@ -250,9 +240,8 @@ mod tests {
                 let x = random([2, c, h, w]);
                 let weight = random([c * multiplier, 1, kernel, kernel]);
                 let bias = random([c * multiplier]);
-                let options = ConvOptions::new([stride; 2], [padding; 2], [1, 1], c);
-                let want = conv2d(x.clone(), weight.clone(), Some(bias.clone()), options);
-                let want = if gelu { activation::gelu(want) } else { want };
+                let burn_geometry = [stride, padding, c];
+                let want = burn_conv(x.clone(), weight.clone(), bias.clone(), burn_geometry, gelu);
                 let got =
                     super::depthwise_conv2d(x.clone(), weight.clone(), bias.clone(), geometry)
                         .unwrap_or_else(|_| panic!("flex f32, {geometry:?}"));
@@ -301,12 +290,7 @@ mod tests {
         };
         let x = random([1, 4, 12, 10]).swap_dims(2, 3);
         let (weight, bias) = (random([4, 1, 3, 3]), random([4]));
-        let want = conv2d(
-            x.clone(),
-            weight.clone(),
-            Some(bias.clone()),
-            ConvOptions::new([1, 1], [1, 1], [1, 1], 4),
-        );
+        let want = burn_conv(x.clone(), weight.clone(), bias.clone(), [1, 1, 4], false);
         let got = super::depthwise_conv2d(x, weight, bias, geometry)
             .unwrap_or_else(|_| panic!("flex f32"));
         assert!(rel_l2(got, want) < 1e-6);

@@ -9,11 +9,10 @@
 
 use std::cell::RefCell;
 
-use burn::backend::flex::FlexTensor;
 use burn::tensor::{DType, Tensor, backend::Backend};
 use rayon::prelude::*;
 
-use super::{SharedMut, contiguous, flex, math, on_flex, tensor};
+use super::{Matrix, SharedMut, contiguous, flex, math, on_flex, output, product};
 
 thread_local! {
     /// Each thread's hidden block, reused across its tasks.
@@ -92,84 +91,37 @@ pub fn pointwise_mlp<B: Backend>(
         let n = tile.min(pixels - first);
         HIDDEN.with_borrow_mut(|h| {
             h.resize(hidden * n, 0.0);
-            for (row, &bias) in h.chunks_exact_mut(n).zip(b1) {
-                row.fill(bias);
-            }
-            let x = &input[b * c_in * pixels + first..];
+            let x = Matrix::rows(input[b * c_in * pixels + first..].as_ptr(), pixels);
             // SAFETY: W₁ is `hidden × c_in` row-major; the input columns `first..first + n` of
             // batch `b` are `c_in` rows `pixels` apart; `h` holds `hidden × n`.
             unsafe {
-                gemm::gemm(
-                    hidden,
-                    n,
-                    c_in,
-                    h.as_mut_ptr(),
-                    1,
-                    n as isize,
-                    true,
-                    w1.as_ptr(),
-                    1,
-                    c_in as isize,
-                    x.as_ptr(),
-                    1,
-                    pixels as isize,
-                    1.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
+                let w1 = Matrix::rows(w1.as_ptr(), c_in);
+                product([hidden, n, c_in], h.as_mut_ptr(), n, w1, x, 1.0, Some(b1));
             }
             math::gelu_slice(h);
             // SAFETY: this task alone writes columns `first..first + n` of the `c_out` rows
             // (`pixels` apart) of batch `b`'s output; W₂ is `c_out × hidden` row-major.
             unsafe {
                 let dst = out_ptr.get().add(b * c_out * pixels + first);
-                for (c, &bias) in b2.iter().enumerate() {
-                    std::slice::from_raw_parts_mut(dst.add(c * pixels), n).fill(bias);
-                }
-                gemm::gemm(
-                    c_out,
-                    n,
-                    hidden,
-                    dst,
-                    1,
-                    pixels as isize,
-                    true,
-                    w2.as_ptr(),
-                    1,
-                    hidden as isize,
-                    h.as_ptr(),
-                    1,
-                    n as isize,
-                    1.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
+                let (w2, h) = (
+                    Matrix::rows(w2.as_ptr(), hidden),
+                    Matrix::rows(h.as_ptr(), n),
                 );
+                product([c_out, n, hidden], dst, pixels, w2, h, 1.0, Some(b2));
             }
         });
     });
 
-    let shape = burn::tensor::Shape::from(vec![batch, c_out, height, width]);
-    let layout = burn::backend::flex::Layout::contiguous(shape);
-    let bytes = burn::tensor::Bytes::from_elems(out);
-    Ok(tensor(FlexTensor::new(bytes, layout, DType::F32)))
+    Ok(output(out, [batch, c_out, height, width]))
 }
 
 #[cfg(test)]
 mod tests {
     use burn::backend::Flex;
-    use burn::tensor::{Distribution, FloatDType, Tensor, activation};
+    use burn::tensor::{FloatDType, Tensor, activation};
 
     use super::PointwiseMlp;
-
-    fn random<const D: usize>(shape: [usize; D], std: f64) -> Tensor<Flex, D> {
-        Tensor::random(shape, Distribution::Normal(0.0, std), &Default::default())
-    }
+    use crate::flex::testing::{random, rel_l2};
 
     fn weights(c_in: usize, hidden: usize, c_out: usize) -> PointwiseMlp<Flex> {
         PointwiseMlp {
@@ -190,11 +142,6 @@ mod tests {
         let y = w.w2.clone().unsqueeze::<3>().matmul(activation::gelu(hid))
             + w.b2.clone().reshape([1, c_out, 1]);
         y.reshape([b, c_out, h, wd])
-    }
-
-    fn rel_l2(a: Tensor<Flex, 4>, b: Tensor<Flex, 4>) -> f32 {
-        let d = (a - b.clone()).powi_scalar(2).sum().into_scalar().sqrt();
-        d / b.powi_scalar(2).sum().into_scalar().sqrt()
     }
 
     /// burn's `W₂·gelu(W₁·x + b₁) + b₂` over pixel counts below, at and across tile

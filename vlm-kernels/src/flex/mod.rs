@@ -28,7 +28,7 @@ pub use conv::{DenseConv, conv2d_patches};
 pub use depthwise::depthwise_conv2d;
 pub use mlp::{PointwiseMlp, pointwise_mlp};
 
-use burn::backend::flex::FlexTensor;
+use burn::backend::flex::{FlexTensor, Layout};
 use burn::tensor::{DType, Tensor, TensorPrimitive, backend::Backend};
 use rayon::prelude::*;
 
@@ -112,6 +112,96 @@ impl SharedMut {
 unsafe impl Send for SharedMut {}
 unsafe impl Sync for SharedMut {}
 
+/// A matrix read in place: its first element and the steps between rows and between columns.
+#[derive(Clone, Copy)]
+struct Matrix {
+    ptr: *const f32,
+    row: isize,
+    col: isize,
+}
+
+impl Matrix {
+    /// The same values read the other way round.
+    fn transposed(self) -> Self {
+        Self {
+            row: self.col,
+            col: self.row,
+            ..self
+        }
+    }
+
+    /// Rows `row` apart, columns adjacent.
+    fn rows(ptr: *const f32, row: usize) -> Self {
+        Self {
+            ptr,
+            row: row as isize,
+            col: 1,
+        }
+    }
+}
+
+/// `dst = scale · lhs · rhs` for `lhs` `m × k` and `rhs` `k × n` into `dst` (`m` rows of `n`
+/// adjacent values, `dst_row` apart), with `bias[i]` added to row `i` when given; on the
+/// calling thread (the ops' tasks are the parallelism), through `gemm`, flex's own product.
+///
+/// # Safety
+/// Every element the shapes and strides address lies inside its buffer, and `dst` overlaps
+/// neither operand.
+#[allow(clippy::too_many_arguments)]
+unsafe fn product(
+    [m, n, k]: [usize; 3],
+    dst: *mut f32,
+    dst_row: usize,
+    lhs: Matrix,
+    rhs: Matrix,
+    scale: f32,
+    bias: Option<&[f32]>,
+) {
+    if let Some(bias) = bias {
+        for (i, &b) in bias.iter().enumerate().take(m) {
+            // SAFETY: row i of dst, by the caller's contract.
+            unsafe { std::slice::from_raw_parts_mut(dst.add(i * dst_row), n) }.fill(b);
+        }
+    }
+    // SAFETY: the caller's contract; gemm computes dst = 1·dst + scale·lhs·rhs when it reads
+    // dst (the bias) and dst = scale·lhs·rhs otherwise.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_row as isize,
+            bias.is_some(),
+            lhs.ptr,
+            lhs.col,
+            lhs.row,
+            rhs.ptr,
+            rhs.col,
+            rhs.row,
+            1.0,
+            scale,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// An f32 tensor of `shape` over `values`, row-major.
+fn output<B: Backend, const D: usize>(values: Vec<f32>, shape: [usize; D]) -> Tensor<B, D> {
+    let shape = burn::tensor::Shape::from(shape.to_vec());
+    output_laid_out(values, Layout::contiguous(shape))
+}
+
+/// An f32 tensor over `values` read through `layout`.
+fn output_laid_out<B: Backend, const D: usize>(values: Vec<f32>, layout: Layout) -> Tensor<B, D> {
+    let bytes = burn::tensor::Bytes::from_elems(values);
+    tensor(FlexTensor::new(bytes, layout, DType::F32))
+}
+
 /// `t` with its elements in row-major order from the start of its storage.
 fn contiguous(t: FlexTensor) -> FlexTensor {
     if t.is_contiguous() && t.layout().start_offset() == 0 {
@@ -127,19 +217,44 @@ fn values_mut(t: &mut FlexTensor) -> &mut [f32] {
     &mut t.storage_mut::<f32>()[..n]
 }
 
+/// What the ops' tests share.
 #[cfg(test)]
-mod tests {
+mod testing {
     use burn::backend::Flex;
+    use burn::tensor::module::conv2d;
+    use burn::tensor::ops::ConvOptions;
     use burn::tensor::{Distribution, Tensor, activation};
 
-    fn rel_l2(a: Tensor<Flex, 3>, b: Tensor<Flex, 3>) -> f32 {
+    /// Normal values with standard deviation `std`.
+    pub fn random<const D: usize>(shape: [usize; D], std: f64) -> Tensor<Flex, D> {
+        Tensor::random(shape, Distribution::Normal(0.0, std), &Default::default())
+    }
+
+    /// burn's `conv2d` with the same stride and padding on both axes, then GELU when `gelu`.
+    pub fn burn_conv(
+        x: Tensor<Flex, 4>,
+        weight: Tensor<Flex, 4>,
+        bias: Tensor<Flex, 1>,
+        [stride, padding, groups]: [usize; 3],
+        gelu: bool,
+    ) -> Tensor<Flex, 4> {
+        let options = ConvOptions::new([stride; 2], [padding; 2], [1, 1], groups);
+        let y = conv2d(x, weight, Some(bias), options);
+        if gelu { activation::gelu(y) } else { y }
+    }
+
+    /// `‖a − b‖ / ‖b‖`.
+    pub fn rel_l2<const D: usize>(a: Tensor<Flex, D>, b: Tensor<Flex, D>) -> f32 {
         let d = (a - b.clone()).powi_scalar(2).sum().into_scalar().sqrt();
         d / b.powi_scalar(2).sum().into_scalar().sqrt()
     }
+}
 
-    fn random(shape: [usize; 3], std: f64) -> Tensor<Flex, 3> {
-        Tensor::random(shape, Distribution::Normal(0.0, std), &Default::default())
-    }
+#[cfg(test)]
+mod tests {
+    use burn::tensor::activation;
+
+    use super::testing::{random, rel_l2};
 
     /// burn's own GELU to within f32 rounding, in parallel chunks (more than `2 · CHUNK`
     /// elements) and in one, on a view (transposed) and on data another tensor still holds,
