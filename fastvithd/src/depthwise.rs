@@ -136,15 +136,7 @@ pub(crate) fn conv_forward<B: Backend>(
                     Ok(y) => return y,
                     Err(x) => x,
                 };
-                let y = match even_padding(conv) {
-                    Some(padding) => dense_conv2d(
-                        x,
-                        conv.weight.val(),
-                        conv.bias.as_ref().map(|b| b.val()),
-                        ConvOptions::new(conv.stride, padding, conv.dilation, conv.groups),
-                    ),
-                    None => conv.forward(x),
-                };
+                let y = conv.forward(x);
                 if then_gelu { gelu(y) } else { y }
             }
         },
@@ -193,44 +185,10 @@ pub(crate) fn even_padding<B: Backend>(conv: &Conv2d<B>) -> Option<[usize; 2]> {
 /// Unless [`even_padding`] holds for `conv` (FastViTHD pads every convolution so).
 pub(crate) fn conv_in_f32<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
     let padding = even_padding(conv).expect("explicit, even padding");
-    dense_conv2d(
+    conv2d(
         x,
         conv.weight.val().cast(FloatDType::F32),
         conv.bias.as_ref().map(|b| b.val().cast(FloatDType::F32)),
         ConvOptions::new(conv.stride, padding, conv.dilation, conv.groups),
     )
-}
-
-/// A dense convolution; a 1×1, stride-1, unpadded, ungrouped one as one matrix product over the
-/// pixels (as [`crate::Pointwise`] does), any other through burn's `conv2d`.
-///
-/// burn 0.21's CubeCL convolution autotunes between kernels per shape, and one of its choices
-/// returns garbage for some 1×1 shapes: on lavapipe the wgpu f16 test's FastViTHD came out at
-/// rel-L2 1.5e-1 in a run whose autotune picked `conv_direct` for PatchEmbed's 32 → 32 and
-/// 128 → 128 1×1s (f32 inside), and at 1.3e-3 in one that picked `conv_im2col_1x1`.
-fn dense_conv2d<B: Backend>(
-    x: Tensor<B, 4>,
-    weight: Tensor<B, 4>,
-    bias: Option<Tensor<B, 1>>,
-    options: ConvOptions<2>,
-) -> Tensor<B, 4> {
-    let [c_out, c_in, kh, kw] = weight.dims();
-    let pointwise = [kh, kw] == [1, 1]
-        && options.stride == [1, 1]
-        && options.padding == [0, 0]
-        && options.dilation == [1, 1]
-        && options.groups == 1;
-    if !pointwise {
-        return conv2d(x, weight, bias, options);
-    }
-    let [batch, _, h, w] = x.dims();
-    let y = weight
-        .reshape([c_out, c_in])
-        .unsqueeze::<3>()
-        .matmul(x.reshape([batch, c_in, h * w]));
-    let y = match bias {
-        Some(bias) => y + bias.reshape([1, c_out, 1]),
-        None => y,
-    };
-    y.reshape([batch, c_out, h, w])
 }
