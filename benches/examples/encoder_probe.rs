@@ -41,9 +41,11 @@ fn main() {
     println!("{:<44} {:>9.1} ms", "stem", t.elapsed().as_secs_f64() * 1e3);
     let mut input = x.clone();
     for (i, block) in model.stem.iter().enumerate() {
-        time(&format!("stem block {i} {:?}", block.reparam_conv.weight.dims()), 3, || {
-            block.forward(input.clone())
-        });
+        time(
+            &format!("stem block {i} {:?}", block.reparam_conv.weight.dims()),
+            3,
+            || block.forward(input.clone()),
+        );
         input = block.forward(input);
     }
     for (i, stage) in model.stages.iter().enumerate() {
