@@ -88,9 +88,13 @@ impl<B: Backend> ConvFfn<B> {
         // On flex (f32) both 1×1 convolutions and the GELU run a block of pixels at a time, so
         // the 4× wide map never leaves the cache.
         #[cfg(feature = "flex")]
-        let x = match vlm_kernels::flex::pointwise_mlp(x, &self.mlp_weights()) {
-            Ok(y) => return y,
-            Err(x) => x,
+        let x = if vlm_kernels::flex::on_flex::<B>() {
+            match vlm_kernels::flex::pointwise_mlp(x, &self.mlp_weights()) {
+                Ok(y) => return y,
+                Err(x) => x,
+            }
+        } else {
+            x
         };
         let x = gelu(self.fc1.forward(x));
         self.fc2.forward(x)
