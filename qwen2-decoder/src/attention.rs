@@ -175,13 +175,18 @@ impl<B: Backend> Qwen2Attention<B> {
                 return vlm_kernels::attention(q, k, v, options);
             }
         }
+        // Only on flex: on the fusion backends the narrowed views would be operations of their
+        // own for a path that does not run, and `repeat_kv` must see the whole buffers.
         #[cfg(feature = "flex")]
-        let (q, k, v) =
+        let (q, k, v) = if vlm_kernels::flex::on_flex::<B>() {
             match vlm_kernels::flex::attention(q, k.narrow(2, 0, len), v.narrow(2, 0, len), causal)
             {
                 Ok(out) => return out,
                 Err((q, k, v)) => (q, k, v),
-            };
+            }
+        } else {
+            (q, k, v)
+        };
         let (k, v) = (self.repeat_kv(k, len), self.repeat_kv(v, len));
         // burn aligns the causal mask bottom-right: the n queries are the last n of the keys.
         let options = AttentionModuleOptions {
