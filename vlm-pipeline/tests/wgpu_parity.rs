@@ -910,3 +910,87 @@ fn wgpu_qkv_rotary_append_kernel_matches_burn() {
         }
     }
 }
+
+/// burn 0.21's double-buffered matmuls (cubek-matmul 0.2.0) run an even number of k-stages: for
+/// k an odd multiple of the stage's k (8 here, 32 or 64 on GPUs) the last one read past the
+/// operands into the sum (rel-L2 0.25–0.95), and autotune picks them by timing alone, so a run
+/// was right or wrong by chance (the tiny FastViTHD's 8 → 32 ConvFFN at f16: 1.48e-1). The
+/// workspace patches cubek-matmul (`third_party/cubek-matmul/PATCH.md`); this launches each
+/// double-buffered unit routine on the k that failed and on k that never did.
+#[test]
+fn wgpu_double_buffered_matmul_sums_only_k() {
+    use burn::backend::Flex;
+    use burn::tensor::Distribution;
+    use cubek::matmul::definition::{MatmulElems, MatmulGlobalElems};
+    use cubek::matmul::launch::{Strategy, launch_ref};
+    use cubek::matmul::routines::double_unit::DoubleUnitSelectionArgs;
+    use cubek::matmul::routines::{BlueprintStrategy, TileSizeSelection};
+    use cubek::std::InputBinding;
+
+    if !adapter(DType::F32) {
+        return;
+    }
+    let (device, gpu) = (Default::default(), Default::default());
+    let (m, n) = (1024, 64);
+    // Either operand row-major or a transposed view (a 1×1 convolution's pixels × channels is
+    // the transposed view of its NCHW map).
+    let upload = |t: &Tensor<Flex, 2>, transposed: bool| {
+        if transposed {
+            let t = Tensor::<Bare, 2>::from_data(t.clone().transpose().to_data(), &gpu);
+            t.transpose()
+        } else {
+            Tensor::<Bare, 2>::from_data(t.to_data(), &gpu)
+        }
+    };
+    let mut failures = Vec::new();
+    for k in [8, 24, 40, 56, 104, 16, 48, 96] {
+        let lhs = Tensor::<Flex, 2>::random([m, k], Distribution::Normal(0.0, 1.0), &device);
+        let rhs = Tensor::<Flex, 2>::random([k, n], Distribution::Normal(0.0, 1.0), &device);
+        let expected = lhs.clone().matmul(rhs.clone());
+        for (tile_size, lhs_t, rhs_t) in [false, true].into_iter().flat_map(|a| {
+            [false, true].into_iter().flat_map(move |b| {
+                [
+                    TileSizeSelection::MinTileSize,
+                    TileSizeSelection::MaxTileSize,
+                ]
+                .map(|tile| (tile, a, b))
+            })
+        }) {
+            let strategy =
+                Strategy::DoubleUnit(BlueprintStrategy::Inferred(DoubleUnitSelectionArgs {
+                    tile_size,
+                }));
+            let (a, b) = (
+                upload(&lhs, lhs_t).into_primitive().tensor(),
+                upload(&rhs, rhs_t).into_primitive().tensor(),
+            );
+            let out = Tensor::<Bare, 2>::zeros([m, n], &gpu);
+            let out_primitive = out.clone().into_primitive().tensor();
+            let client = out_primitive.client.clone();
+            let f32_type = a.dtype.into();
+            let mut dtypes = MatmulElems::from_globals(&MatmulGlobalElems {
+                lhs: f32_type,
+                rhs: f32_type,
+                out: f32_type,
+            });
+            let case =
+                format!("{strategy}, k = {k}, lhs transposed {lhs_t}, rhs transposed {rhs_t}");
+            launch_ref(
+                &strategy,
+                &client,
+                InputBinding::new(a.binding(), f32_type),
+                InputBinding::new(b.binding(), f32_type),
+                out_primitive.binding(),
+                &mut dtypes,
+            )
+            .unwrap_or_else(|e| panic!("{case}: {e:?}"));
+            let got = Tensor::<Flex, 2>::from_data(out.into_data(), &device);
+            let err = rel_l2(got, expected.clone());
+            println!("{case}: rel-L2 {err:.3e}");
+            if err > 1e-5 {
+                failures.push(format!("{case}: rel-L2 {err:.3e}"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
