@@ -3,10 +3,11 @@ use burn::tensor::{Tensor, backend::Backend};
 
 /// A 1×1 convolution with bias, computed as one matrix product over the pixels.
 ///
-/// The same numbers as `Conv2d` with a 1×1 kernel, but always on the backend's GEMM: burn
-/// 0.21's CubeCL convolution picks a kernel per shape, and on wgpu one of them returns garbage
-/// for some (8 → 32 channels from 48×48 pixels up, found by `tests/wgpu_parity.rs`); a GEMM is
-/// also what a 1×1 convolution should be on a GPU.
+/// The same numbers as `Conv2d` with a 1×1 kernel, but always on the backend's GEMM, which is
+/// what a 1×1 convolution should be on a GPU. (It was first a workaround: burn 0.21's CubeCL
+/// convolution returned garbage for some shapes, 8 → 32 channels from 48×48 pixels up. The cause
+/// was cubek-matmul's double-buffered matmuls summing a stage past k, which the GEMM could hit
+/// as well; the workspace patches that, see `third_party/cubek-matmul/PATCH.md`.)
 #[derive(Module, Debug)]
 pub struct Pointwise<B: Backend> {
     /// `[out, in]`: PyTorch's `[out, in, 1, 1]` without the unit axes.
