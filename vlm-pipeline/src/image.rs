@@ -3,9 +3,10 @@
 
 use std::path::Path;
 
-use image::{DynamicImage, ImageDecoder, ImageReader};
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, RgbImage};
 
 use crate::config::AspectRatio;
+use crate::jpeg::{self, Decoded};
 use crate::resize::resize_bicubic_rgb8;
 
 /// An image that cannot be used.
@@ -68,6 +69,7 @@ pub fn decode_limited(bytes: &[u8], max_pixels: u64) -> Result<Rgb8, ImageError>
             path: None,
             reason: e.to_string(),
         })?;
+    let reader_format = reader.format();
     let mut decoder = reader.into_decoder().map_err(bad)?;
     let (w, h) = decoder.dimensions();
     if (w as u64) * (h as u64) > max_pixels {
@@ -78,7 +80,23 @@ pub fn decode_limited(bytes: &[u8], max_pixels: u64) -> Result<Rgb8, ImageError>
         });
     }
     let orientation = decoder.orientation().ok();
-    let mut img = DynamicImage::from_decoder(decoder).map_err(bad)?;
+    // JPEGs through our libjpeg-exact decoder (Pillow's pixels); what it leaves, or cannot
+    // read, through the `image` crate's.
+    let exact = match reader_format {
+        Some(ImageFormat::Jpeg) => match jpeg::decode(bytes, max_pixels) {
+            Ok(Decoded::Rgb {
+                width,
+                height,
+                data,
+            }) => RgbImage::from_raw(width as u32, height as u32, data).map(DynamicImage::from),
+            Ok(Decoded::Unsupported) | Err(_) => None,
+        },
+        _ => None,
+    };
+    let mut img = match exact {
+        Some(img) => img,
+        None => DynamicImage::from_decoder(decoder).map_err(bad)?,
+    };
     if let Some(o) = orientation {
         img.apply_orientation(o);
     }

@@ -9,6 +9,7 @@ pub mod config;
 pub mod fastvlm;
 pub mod generate;
 pub mod image;
+mod jpeg;
 pub mod prompt;
 pub mod resize;
 pub mod synthetic;

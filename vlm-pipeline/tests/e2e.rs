@@ -52,12 +52,10 @@ fn preprocessing_matches_pillow_for_every_image_kind() {
                 "{name} @ {size}: max |pixel difference| {:.3}/255",
                 worst * 255.0
             );
-            // Lossless formats decode identically, so resizing must be bit-exact. JPEG decoders
-            // differ in their IDCT and chroma upsampling (libjpeg-turbo in Pillow, zune-jpeg
-            // here): a few levels on edges, before any preprocessing.
-            let bound = if name.ends_with(".jpg") { 4.0 } else { 1e-3 };
+            // Every kind decodes to Pillow's bytes (JPEG too: tests/jpeg.rs), so resizing must
+            // be bit-exact.
             assert!(
-                worst * 255.0 < bound,
+                worst * 255.0 < 1e-3,
                 "{name} @ {size}: {:.3}/255 off",
                 worst * 255.0
             );

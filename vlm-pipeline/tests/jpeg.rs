@@ -1,0 +1,101 @@
+//! JPEG decoding against Pillow (`cargo xtask golden --only jpeg` → xtask/python/jpeg_golden.py):
+//! the reference reads images with Pillow, which decodes JPEGs through libjpeg-turbo, so every
+//! pixel must be the same byte. The `image` crate's own decoder misses on a few percent of the
+//! pixels (up to 4 levels), which is why the pipeline decodes JPEGs itself.
+
+mod common;
+
+use common::fixtures;
+use vlm_pipeline::{Weights, image};
+
+#[test]
+fn jpegs_decode_to_pillows_pixels() {
+    let dir = fixtures().join("jpeg");
+    let reference = Weights::open(&dir.join("decoded.safetensors")).unwrap();
+    let mut names = reference.names();
+    names.sort();
+    assert_eq!(names.len(), 15, "fixture set changed: {names:?}");
+    let (mut failures, mut stock_misses) = (Vec::new(), 0);
+    for name in names {
+        let shape = reference.shape(name).unwrap().to_vec();
+        let expected = reference
+            .get(name)
+            .unwrap()
+            .convert::<i64>()
+            .into_vec::<i64>()
+            .unwrap();
+        let got = image::load(&dir.join(name)).unwrap();
+        assert_eq!([got.height, got.width, 3], shape[..], "{name}: size");
+        let differ = got
+            .data
+            .iter()
+            .zip(&expected)
+            .filter(|(g, e)| **g as i64 != **e)
+            .count();
+        let worst = got
+            .data
+            .iter()
+            .zip(&expected)
+            .map(|(g, e)| (*g as i64 - e).abs())
+            .max()
+            .unwrap();
+        println!(
+            "{name}: {differ} of {} bytes differ (max {worst})",
+            expected.len()
+        );
+        if differ > 0 {
+            failures.push(format!("{name}: {differ} bytes differ, max {worst}"));
+        }
+        // The `image` crate's decoder alone, to show these fixtures tell the two apart.
+        let stock = ::image::open(dir.join(name)).unwrap().to_rgb8().into_raw();
+        if stock.iter().zip(&expected).any(|(s, e)| *s as i64 != *e) {
+            stock_misses += 1;
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    println!("the image crate's own decoder misses Pillow's bytes on {stock_misses} of 15");
+    assert!(
+        stock_misses >= 10,
+        "only {stock_misses} fixtures tell decoders apart"
+    );
+}
+
+/// Cut and damaged JPEGs give a decoded image or a clear error, never a panic.
+#[test]
+fn damaged_jpegs_fail_cleanly() {
+    let dir = fixtures().join("jpeg");
+    let (mut decoded, mut refused) = (0, 0);
+    for name in [
+        "progressive_420_q80.jpg",
+        "restart_blocks_420.jpg",
+        "baseline_444_q95.jpg",
+    ] {
+        let bytes = std::fs::read(dir.join(name)).unwrap();
+        assert!(image::decode(&bytes).is_ok(), "{name} intact");
+        let mut cases: Vec<Vec<u8>> = (1..bytes.len())
+            .step_by(97)
+            .map(|n| bytes[..n].to_vec())
+            .collect();
+        for at in (2..bytes.len()).step_by(53) {
+            for value in [0x00, 0xFF, 0x5A] {
+                let mut damaged = bytes.clone();
+                damaged[at] = value;
+                cases.push(damaged);
+            }
+        }
+        for case in cases {
+            match image::decode(&case) {
+                Ok(img) => {
+                    assert_eq!(img.data.len(), img.width * img.height * 3);
+                    decoded += 1;
+                }
+                Err(e) => {
+                    assert!(e.to_string().contains("image"), "{e}");
+                    refused += 1;
+                }
+            }
+        }
+    }
+    println!("{decoded} damaged files decoded, {refused} refused");
+    assert!(decoded > 0 && refused > 0);
+}
