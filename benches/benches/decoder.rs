@@ -48,8 +48,7 @@ fn bench(c: &mut Criterion) {
             // The sampled id is on the host: its embedding row is a view, as in the pipeline.
             let embed = model.embed_token(872).expect("id in the vocabulary");
             let logits = model.forward_last(embed, &mut cache).unwrap();
-            let id = logits.argmax(1).into_data();
-            id
+            logits.argmax(1).into_data()
         })
     });
     group.finish();

@@ -265,7 +265,7 @@ fn load_from<B: Backend>(path: &Path, device: &B::Device) -> Result<FastVlm<B>, 
 fn download(args: &DownloadArgs) -> Result<(), String> {
     let dest = args.dest.clone().unwrap_or_else(zoo::home);
     if args.list {
-        println!("{:<22} {:>10}  {}", "model", "≈ size", "present");
+        println!("{:<22} {:>10}  present", "model", "≈ size");
         for entry in zoo::ZOO {
             let present = zoo::installed(entry, &dest).map(|p| p.display().to_string());
             println!(

@@ -239,31 +239,32 @@ fn user_errors_are_one_clear_line() {
 #[test]
 fn missing_and_misshaped_tensors_are_named() {
     use std::collections::HashMap;
+    /// name → (dtype, shape, bytes)
+    type Tensors = HashMap<String, (safetensors::Dtype, Vec<usize>, Vec<u8>)>;
 
-    let rewrite =
-        |edit: &dyn Fn(&mut HashMap<String, (safetensors::Dtype, Vec<usize>, Vec<u8>)>)| {
-            let dir = copy_model();
-            let path = dir.path().join("model.safetensors");
-            let bytes = std::fs::read(&path).unwrap();
-            let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-            let mut tensors: HashMap<String, (safetensors::Dtype, Vec<usize>, Vec<u8>)> = st
-                .tensors()
-                .into_iter()
-                .map(|(n, v)| (n, (v.dtype(), v.shape().to_vec(), v.data().to_vec())))
-                .collect();
-            edit(&mut tensors);
-            let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
-                .iter()
-                .map(|(n, (d, s, b))| {
-                    (
-                        n.clone(),
-                        safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
-                    )
-                })
-                .collect();
-            std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
-            dir
-        };
+    let rewrite = |edit: &dyn Fn(&mut Tensors)| {
+        let dir = copy_model();
+        let path = dir.path().join("model.safetensors");
+        let bytes = std::fs::read(&path).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let mut tensors: Tensors = st
+            .tensors()
+            .into_iter()
+            .map(|(n, v)| (n, (v.dtype(), v.shape().to_vec(), v.data().to_vec())))
+            .collect();
+        edit(&mut tensors);
+        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+            .iter()
+            .map(|(n, (d, s, b))| {
+                (
+                    n.clone(),
+                    safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
+                )
+            })
+            .collect();
+        std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
+        dir
+    };
     let name = "model.layers.1.mlp.up_proj.weight";
     let dir = rewrite(&|t| {
         t.remove(name);

@@ -186,10 +186,10 @@ impl<B: Backend> FastVlm<B> {
             .iter()
             .filter_map(|t| tokenizer.token_id(t))
             .collect();
-        if let Some(eos) = config.eos_token_id {
-            if !stop_ids.contains(&eos) {
-                stop_ids.push(eos);
-            }
+        if let Some(eos) = config.eos_token_id
+            && !stop_ids.contains(&eos)
+        {
+            stop_ids.push(eos);
         }
         progress(1.0);
         Ok(Self {
@@ -353,13 +353,13 @@ impl<B: Backend> FastVlm<B> {
         }
         metrics.generated_tokens = token_ids.len();
         let full = self.tokenizer.decode(&token_ids, true)?;
-        if let Some(rest) = full.get(emitted..).filter(|r| !r.is_empty()) {
-            if finish_reason != FinishReason::Cancelled {
-                let _ = on_token(TokenEvent {
-                    token: None,
-                    text: rest,
-                });
-            }
+        if let Some(rest) = full.get(emitted..).filter(|r| !r.is_empty())
+            && finish_reason != FinishReason::Cancelled
+        {
+            let _ = on_token(TokenEvent {
+                token: None,
+                text: rest,
+            });
         }
         if let Some(d) = decode_start {
             metrics.decode_ms = ms(d);

@@ -143,25 +143,24 @@ fn added_tokens(dir: &Path) -> Result<BTreeMap<u32, (String, bool)>, TokenizerEr
             })
     };
     let mut out = BTreeMap::new();
-    if let Some(config) = read(dir.join("tokenizer_config.json"))? {
-        if let Some(decoder) = config
+    if let Some(config) = read(dir.join("tokenizer_config.json"))?
+        && let Some(decoder) = config
             .get("added_tokens_decoder")
             .and_then(Value::as_object)
-        {
-            for (id, token) in decoder {
-                let id: u32 = id.parse().map_err(|_| {
-                    TokenizerError::Invalid(format!("added token id `{id}` is not a number"))
-                })?;
-                let content = token
-                    .get("content")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default();
-                let special = token
-                    .get("special")
-                    .and_then(Value::as_bool)
-                    .unwrap_or(true);
-                out.insert(id, (content.to_string(), special));
-            }
+    {
+        for (id, token) in decoder {
+            let id: u32 = id.parse().map_err(|_| {
+                TokenizerError::Invalid(format!("added token id `{id}` is not a number"))
+            })?;
+            let content = token
+                .get("content")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let special = token
+                .get("special")
+                .and_then(Value::as_bool)
+                .unwrap_or(true);
+            out.insert(id, (content.to_string(), special));
         }
     }
     if let Some(added) = read(dir.join("added_tokens.json"))? {

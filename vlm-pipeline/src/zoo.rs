@@ -255,14 +255,14 @@ fn fetch(url: &str, part: &Path, progress: &mut dyn FnMut(Progress)) -> Result<(
         path: part.to_path_buf(),
         source,
     })?;
-    if let Some(expected) = total {
-        if done < expected {
-            return Err(ZooError::Incomplete {
-                url: url.to_string(),
-                got: done,
-                expected,
-            });
-        }
+    if let Some(expected) = total
+        && done < expected
+    {
+        return Err(ZooError::Incomplete {
+            url: url.to_string(),
+            got: done,
+            expected,
+        });
     }
     Ok(())
 }

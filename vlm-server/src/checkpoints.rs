@@ -33,10 +33,10 @@ impl Checkpoints {
             .filter_map(|e| e.file_name().into_string().ok())
             .filter(|n| valid_name(n) && self.resolve(n).is_ok())
             .collect();
-        if let Some((name, _)) = &self.extra {
-            if !names.contains(name) {
-                names.push(name.clone());
-            }
+        if let Some((name, _)) = &self.extra
+            && !names.contains(name)
+        {
+            names.push(name.clone());
         }
         names.sort();
         names
@@ -44,10 +44,10 @@ impl Checkpoints {
 
     /// The directory of checkpoint `name`.
     pub fn resolve(&self, name: &str) -> Result<PathBuf, ApiError> {
-        if let Some((extra, path)) = &self.extra {
-            if extra == name {
-                return Ok(path.clone());
-            }
+        if let Some((extra, path)) = &self.extra
+            && extra == name
+        {
+            return Ok(path.clone());
         }
         if !valid_name(name) {
             return Err(ApiError::bad_request(format!(

@@ -144,10 +144,10 @@ impl Server {
         if !options.models_root.is_dir() {
             return Err(ServerError::ModelsRoot(options.models_root));
         }
-        if let Some(p) = &options.model_path {
-            if !p.is_dir() {
-                return Err(ServerError::ModelPath(p.clone()));
-            }
+        if let Some(p) = &options.model_path
+            && !p.is_dir()
+        {
+            return Err(ServerError::ModelPath(p.clone()));
         }
         let listener = tokio::net::TcpListener::bind(options.addr)
             .await

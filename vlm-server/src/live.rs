@@ -106,11 +106,10 @@ async fn session(mut socket: WebSocket, app: AppState) {
                 let Some(Ok(message)) = message else { break };
                 match message {
                     WsMessage::Text(text) => {
-                        if let Err(e) = apply(&mut config, text.as_str(), app.limits.max_tokens) {
-                            if send(&mut socket, json!({"type": "error", "frame": null, "message": e})).await.is_err() {
+                        if let Err(e) = apply(&mut config, text.as_str(), app.limits.max_tokens)
+                            && send(&mut socket, json!({"type": "error", "frame": null, "message": e})).await.is_err() {
                                 break;
                             }
-                        }
                     }
                     WsMessage::Binary(bytes) => {
                         frames += 1;

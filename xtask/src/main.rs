@@ -112,10 +112,10 @@ fn golden(args: &[String]) -> Result<(), String> {
         [flag, name] if flag == "--only" => Some(name.as_str()),
         _ => return Err("usage: cargo xtask golden [--only NAME]".into()),
     };
-    if let Some(name) = only {
-        if !GENERATORS.iter().any(|g| g.0 == name) {
-            return Err(format!("unknown generator `{name}` (have: {})", names()));
-        }
+    if let Some(name) = only
+        && !GENERATORS.iter().any(|g| g.0 == name)
+    {
+        return Err(format!("unknown generator `{name}` (have: {})", names()));
     }
     let python = python()?;
     for (name, script, out) in GENERATORS {

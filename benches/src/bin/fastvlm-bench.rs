@@ -593,7 +593,7 @@ fn run_launches<B: Backend>(
                 None => kinds.push((kind, 1)),
             }
         }
-        kinds.sort_by(|a, b| b.1.cmp(&a.1));
+        kinds.sort_by_key(|&(_, n)| std::cmp::Reverse(n));
         let by_kind: Vec<String> = kinds
             .iter()
             .map(|(k, n)| format!("\"{}\": {n}", k.replace('"', "'")))
