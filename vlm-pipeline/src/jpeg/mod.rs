@@ -393,32 +393,27 @@ fn read_scan(seg: &[u8], f: &Frame) -> Result<Scan, JpegError> {
 }
 
 /// Decodes one scan's entropy-coded data from `pos`; the position of the marker after it.
-fn decode_scan(
+fn decode_scan<'t>(
     bytes: &[u8],
     pos: usize,
     f: &mut Frame,
     scan: &Scan,
-    dc: &[Option<Huffman>; 4],
-    ac: &[Option<Huffman>; 4],
+    dc: &'t [Option<Huffman>; 4],
+    ac: &'t [Option<Huffman>; 4],
     restart_interval: usize,
 ) -> Result<usize, JpegError> {
-    let table = |tables: &[Option<Huffman>; 4], id: usize| {
-        tables[id]
-            .clone()
-            .ok_or(JpegError::Corrupt("missing Huffman table"))
+    // The tables each scan component reads; `None` where the scan does not code that part.
+    let tables = |tables: &'t [Option<Huffman>; 4], ids: &[usize], needed: bool| {
+        ids.iter()
+            .map(|&id| match (needed, &tables[id]) {
+                (false, _) => Ok(None),
+                (true, Some(t)) => Ok(Some(t)),
+                (true, None) => Err(JpegError::Corrupt("missing Huffman table")),
+            })
+            .collect::<Result<Vec<Option<&Huffman>>, _>>()
     };
-    let needs_dc = scan.ss == 0 && scan.ah == 0;
-    let needs_ac = scan.se > 0;
-    let dcs: Vec<Option<Huffman>> = scan
-        .dc_tables
-        .iter()
-        .map(|&t| needs_dc.then(|| table(dc, t)).transpose())
-        .collect::<Result<_, _>>()?;
-    let acs: Vec<Option<Huffman>> = scan
-        .ac_tables
-        .iter()
-        .map(|&t| needs_ac.then(|| table(ac, t)).transpose())
-        .collect::<Result<_, _>>()?;
+    let dcs = tables(dc, &scan.dc_tables, scan.ss == 0 && scan.ah == 0)?;
+    let acs = tables(ac, &scan.ac_tables, scan.se > 0)?;
 
     let mut r = BitReader::new(bytes, pos);
     let mut pred = vec![0i32; scan.components.len()];
@@ -454,41 +449,30 @@ fn decode_scan(
         }
         for &(i, b) in &blocks {
             let block = &mut f.components[scan.components[i]].coefs[b];
+            let (dc, ac) = (dcs[i], acs[i]);
             if !f.progressive {
-                decode_baseline(
-                    &mut r,
-                    block,
-                    dcs[i].as_ref().expect("dc"),
-                    acs[i].as_ref().expect("ac"),
-                    &mut pred[i],
-                )?;
+                // Sequential: DC, then the whole AC band; an end-of-block ends only this block.
+                pred[i] = dc_value(&mut r, dc.expect("dc"), pred[i])?;
+                block[0] = pred[i] as i16;
+                ac_band(&mut r, block, ac.expect("ac"), 1, 63, 0)?;
             } else if scan.ss == 0 {
                 if scan.ah == 0 {
-                    let t = dcs[i].as_ref().expect("dc").decode(&mut r)? as u32;
-                    if t > 11 {
-                        return Err(JpegError::Corrupt("DC magnitude"));
-                    }
-                    pred[i] = pred[i].wrapping_add(r.receive_extend(t));
+                    pred[i] = dc_value(&mut r, dc.expect("dc"), pred[i])?;
                     block[0] = pred[i].wrapping_shl(scan.al) as i16;
                 } else if r.bit() {
                     block[0] |= 1 << scan.al;
                 }
             } else if scan.ah == 0 {
-                decode_ac_first(
-                    &mut r,
-                    block,
-                    acs[i].as_ref().expect("ac"),
-                    scan,
-                    &mut eob_run,
-                )?;
+                if eob_run > 0 {
+                    eob_run -= 1;
+                } else if let Some(run) =
+                    ac_band(&mut r, block, ac.expect("ac"), scan.ss, scan.se, scan.al)?
+                {
+                    // EOBn: this block and the next 2^n + bits − 1 end here.
+                    eob_run = (1 << run) + r.bits(run) - 1;
+                }
             } else {
-                decode_ac_refine(
-                    &mut r,
-                    block,
-                    acs[i].as_ref().expect("ac"),
-                    scan,
-                    &mut eob_run,
-                )?;
+                decode_ac_refine(&mut r, block, ac.expect("ac"), scan, &mut eob_run)?;
             }
         }
     }
@@ -500,59 +484,32 @@ fn decode_scan(
     Ok(r.finish())
 }
 
-fn decode_baseline(
-    r: &mut BitReader,
-    block: &mut [i16; 64],
-    dc: &Huffman,
-    ac: &Huffman,
-    pred: &mut i32,
-) -> Result<(), JpegError> {
+/// The DC predictor after one coded difference (T.81 F.2.2.1).
+fn dc_value(r: &mut BitReader, dc: &Huffman, pred: i32) -> Result<i32, JpegError> {
     let t = dc.decode(r)? as u32;
     if t > 11 {
         return Err(JpegError::Corrupt("DC magnitude"));
     }
-    *pred = pred.wrapping_add(r.receive_extend(t));
-    block[0] = *pred as i16;
-    let mut k = 1;
-    while k < 64 {
-        let rs = ac.decode(r)?;
-        let (run, size) = ((rs >> 4) as usize, (rs & 15) as u32);
-        if size == 0 {
-            if run != 15 {
-                break;
-            }
-            k += 16;
-            continue;
-        }
-        k += run;
-        if k > 63 {
-            return Err(JpegError::Corrupt("AC run past the block"));
-        }
-        block[ZIGZAG[k]] = r.receive_extend(size) as i16;
-        k += 1;
-    }
-    Ok(())
+    Ok(pred.wrapping_add(r.receive_extend(t)))
 }
 
-fn decode_ac_first(
+/// The AC coefficients `ss..=se` of one block, each shifted left by `al` (T.81 F.2.2.2, G.1.2.2):
+/// the run of an end-of-block symbol when one ends the band, `None` when the band is full.
+fn ac_band(
     r: &mut BitReader,
     block: &mut [i16; 64],
     ac: &Huffman,
-    scan: &Scan,
-    eob_run: &mut u32,
-) -> Result<(), JpegError> {
-    if *eob_run > 0 {
-        *eob_run -= 1;
-        return Ok(());
-    }
-    let mut k = scan.ss;
-    while k <= scan.se {
+    ss: usize,
+    se: usize,
+    al: u32,
+) -> Result<Option<u32>, JpegError> {
+    let mut k = ss;
+    while k <= se {
         let rs = ac.decode(r)?;
         let (run, size) = ((rs >> 4) as u32, (rs & 15) as u32);
         if size == 0 {
             if run < 15 {
-                *eob_run = (1 << run) + r.bits(run) - 1;
-                break;
+                return Ok(Some(run));
             }
             k += 16;
             continue;
@@ -561,10 +518,10 @@ fn decode_ac_first(
         if k > 63 {
             return Err(JpegError::Corrupt("AC run past the block"));
         }
-        block[ZIGZAG[k]] = (r.receive_extend(size) << scan.al) as i16;
+        block[ZIGZAG[k]] = (r.receive_extend(size) << al) as i16;
         k += 1;
     }
-    Ok(())
+    Ok(None)
 }
 
 /// T.81 G.1.2.3, as libjpeg's `decode_mcu_AC_refine`.
