@@ -1,15 +1,15 @@
 //! `projector`, `decoder/prefill/{64,280,1024}` and `decoder/step` on FastVLM-0.5B-shaped weights
-//! (synthetic), device sync inside the timed region.
+//! (random, from the configurations' `init`), device sync inside the timed region.
 
 use std::time::Duration;
 
-use benches::{Bench, decoder_05b, projector_05b, sync};
+use benches::{Bench, decoder, projector_05b, sync};
 use burn::tensor::{Distribution, Tensor};
 use criterion::{Criterion, criterion_group, criterion_main};
 
 fn bench(c: &mut Criterion) {
     let device = Default::default();
-    let model = decoder_05b::<Bench>(&device);
+    let model = decoder::<Bench>("0.5b", &device).expect("a released size");
     let projector = projector_05b::<Bench>(&device);
 
     let mut group = c.benchmark_group("decoder");

@@ -1,28 +1,15 @@
-//! Times the parts of one decoding step of a 0.5B-shaped Qwen2 (synthetic weights).
+//! Times the parts of one decoding step of a 0.5B-shaped Qwen2 (random weights).
 use std::time::Instant;
 
-use benches::Bench;
+use benches::{Bench, SEED};
 use burn::tensor::{Int, Tensor, TensorData};
-use qwen2_decoder::{Qwen2, Qwen2Config};
-use vlm_pipeline::synthetic;
+use qwen2_decoder::Qwen2Config;
 
 fn main() {
     let device = Default::default();
-    let config = Qwen2Config::new(896, 4864, 24, 14, 2, 151936).with_tie_word_embeddings(true);
-    let shapes: std::collections::HashMap<String, Vec<usize>> =
-        config.checkpoint_tensors().into_iter().collect();
+    let config = Qwen2Config::fastvlm("0.5b").expect("a released size");
     let t = Instant::now();
-    let model = Qwen2::<Bench>::load(
-        &config,
-        "",
-        &mut |n| {
-            shapes
-                .get(n)
-                .map(|s| TensorData::new(synthetic::tensor(1, n, s), s.clone()))
-        },
-        &device,
-    )
-    .unwrap();
+    let model = config.init::<Bench>(&device, SEED).unwrap();
     println!("load {:.1} s", t.elapsed().as_secs_f64());
     let mut cache = model.new_cache(1, 64, &device).unwrap();
     let ids = Tensor::<Bench, 2, Int>::from_data(TensorData::new(vec![1i64; 8], [1, 8]), &device);

@@ -80,20 +80,10 @@ fn main() {
         let label = |part: &str| format!("stage {s} block: {part}");
         time(&label("whole"), 3, || block.forward(x.clone()));
         time(&label("token mixer (dw 3x3)"), 3, || {
-            fastvithd::depthwise_conv2d(
-                x.clone(),
-                block.token_mixer.weight.val(),
-                block.token_mixer.bias.as_ref().unwrap().val(),
-                fastvithd::DepthwiseOptions::of(&block.token_mixer, false).unwrap(),
-            )
+            vlm_kernels::ops::conv2d(&block.token_mixer, x.clone(), false)
         });
         time(&label("convffn dw 7x7"), 3, || {
-            fastvithd::depthwise_conv2d(
-                x.clone(),
-                ffn.conv.weight.val(),
-                ffn.conv.bias.as_ref().unwrap().val(),
-                fastvithd::DepthwiseOptions::of(&ffn.conv, false).unwrap(),
-            )
+            vlm_kernels::ops::conv2d(&ffn.conv, x.clone(), false)
         });
         time(&label("fc1 (matmul + bias)"), 3, || {
             ffn.fc1.forward(x.clone())
@@ -102,9 +92,7 @@ fn main() {
         time(&label("fc1 matmul alone"), 3, || {
             w1.clone().matmul(x.clone().reshape([1, c, side * side]))
         });
-        time(&label("gelu"), 3, || {
-            vlm_kernels::activation::gelu(hidden.clone())
-        });
+        time(&label("gelu"), 3, || vlm_kernels::ops::gelu(hidden.clone()));
         time(&label("fc2 (matmul + bias)"), 3, || {
             ffn.fc2.forward(hidden.clone())
         });
@@ -149,7 +137,7 @@ fn main() {
         block.convffn.fc2.forward(wide.clone())
     });
     time("stage 3 block: gelu 3072x32x32", 3, || {
-        vlm_kernels::activation::gelu(wide.clone())
+        vlm_kernels::ops::gelu(wide.clone())
     });
 
     let c = 384;
@@ -189,10 +177,8 @@ fn main() {
     let big =
         Tensor::<Bench, 4>::random([1, 4 * c, 64, 64], Distribution::Normal(0.0, 1.0), &device);
     time("gelu on [1, 1536, 64, 64] (burn)", 5, || gelu(big.clone()));
-    time(
-        "gelu on [1, 1536, 64, 64] (vlm_kernels::activation)",
-        5,
-        || vlm_kernels::activation::gelu(big.clone()),
-    );
+    time("gelu on [1, 1536, 64, 64] (vlm_kernels::ops)", 5, || {
+        vlm_kernels::ops::gelu(big.clone())
+    });
     time("add on [1, 384, 64, 64]", 5, || x.clone() + x.clone());
 }

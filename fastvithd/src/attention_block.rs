@@ -1,10 +1,11 @@
 use burn::module::{Module, Param};
 use burn::tensor::{Tensor, backend::Backend};
 
+use vlm_kernels::loader::{LoadError, Params};
+
 use crate::attention::Attention;
 use crate::conv_ffn::ConvFfn;
 use crate::layer_norm_channel::LayerNormChannel;
-use crate::weights::{LoadError, WeightLoader};
 
 /// Attention block (stages 3 and 4):
 /// `x = x + layer_scale_1 · MHSA(LayerNormChannel(x))`, `x = x + layer_scale_2 · ConvFFN(x)`;
@@ -18,27 +19,27 @@ pub struct AttentionBlock<B: Backend> {
 
 impl<B: Backend> AttentionBlock<B> {
     pub(crate) fn load(
-        loader: &mut WeightLoader<B>,
+        params: &mut impl Params<B>,
         name: &str,
         dim: usize,
         config: &crate::FastVitHdConfig,
     ) -> Result<Self, LoadError> {
         let norm = LayerNormChannel {
-            weight: Param::from_tensor(loader.tensor(&format!("{name}.norm.weight"), [dim])?),
-            bias: Param::from_tensor(loader.tensor(&format!("{name}.norm.bias"), [dim])?),
+            weight: Param::from_tensor(params.tensor(&format!("{name}.norm.weight"), [dim])?),
+            bias: Param::from_tensor(params.tensor(&format!("{name}.norm.bias"), [dim])?),
             eps: config.norm_eps,
         };
-        let ls1 = loader.host(&format!("{name}.layer_scale_1"), &[dim, 1, 1])?;
-        let ls2 = loader.host(&format!("{name}.layer_scale_2"), &[dim, 1, 1])?;
+        let ls1 = params.host(&format!("{name}.layer_scale_1"), &[dim, 1, 1])?;
+        let ls2 = params.host(&format!("{name}.layer_scale_2"), &[dim, 1, 1])?;
         let token_mixer = Attention::load(
-            loader,
+            params,
             &format!("{name}.token_mixer"),
             dim,
             config.head_dim,
             &ls1,
         )?;
         let convffn = ConvFfn::load(
-            loader,
+            params,
             &format!("{name}.convffn"),
             dim,
             dim * config.mlp_ratio,

@@ -1,34 +1,72 @@
-use burn::config::Config;
+use burn::tensor::backend::Backend;
+use serde::{Deserialize, Serialize};
+use vlm_kernels::loader::{Draw, Init, LoadError};
+
+use crate::FastVitHd;
 
 /// Hyper-parameters of FastViTHD.
 ///
-/// [`FastVitHdConfig::released`] is the tower of Apple's FastVLM checkpoints (`mci.py::fastvithd`,
-/// timm `fastvit_mci3`). Depths and widths can be shrunk for tests; the topology (three RepMixer
-/// stages, RepCPE before the two attention stages, a PatchEmbed between every pair of stages, the
-/// squeeze-excite `conv_exp` head) is that of the released network.
-#[derive(Config, Debug, PartialEq)]
+/// The default is the tower of Apple's FastVLM checkpoints (`mci.py::fastvithd`, timm
+/// `fastvit_mci3`); deserialising fills every absent field from it. Depths and widths can be
+/// shrunk for tests; the topology (three RepMixer stages, RepCPE before the two attention
+/// stages, a PatchEmbed between every pair of stages, the squeeze-excite `conv_exp` head) is
+/// that of the released network.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct FastVitHdConfig {
     /// Blocks per stage.
-    #[config(default = "[2, 12, 24, 4, 2]")]
     pub layers: [usize; 5],
     /// Channels per stage; every PatchEmbed doubles the width, so `embed_dims[i + 1] == 2 * embed_dims[i]`.
-    #[config(default = "[96, 192, 384, 768, 1536]")]
     pub embed_dims: [usize; 5],
     /// Hidden width of every ConvFFN as a multiple of its input width.
-    #[config(default = 4)]
     pub mlp_ratio: usize,
     /// Channels per attention head in the attention stages.
-    #[config(default = 32)]
     pub head_dim: usize,
     /// Epsilon of the ConvFFN BatchNorms and of the channel LayerNorms.
-    #[config(default = 1e-5)]
     pub norm_eps: f64,
 }
+
+impl Default for FastVitHdConfig {
+    fn default() -> Self {
+        Self {
+            layers: [2, 12, 24, 4, 2],
+            embed_dims: [96, 192, 384, 768, 1536],
+            mlp_ratio: 4,
+            head_dim: 32,
+            norm_eps: 1e-5,
+        }
+    }
+}
+
+impl burn::config::Config for FastVitHdConfig {}
 
 impl FastVitHdConfig {
     /// The configuration of the released FastVLM vision tower (125.07 M parameters, 3072 output channels).
     pub fn released() -> Self {
-        Self::new()
+        Self::default()
+    }
+
+    pub fn with_layers(self, layers: [usize; 5]) -> Self {
+        Self { layers, ..self }
+    }
+
+    pub fn with_embed_dims(self, embed_dims: [usize; 5]) -> Self {
+        Self { embed_dims, ..self }
+    }
+
+    pub fn with_mlp_ratio(self, mlp_ratio: usize) -> Self {
+        Self { mlp_ratio, ..self }
+    }
+
+    /// The network with random weights (seeded by `seed`), scaled as a trained network's are
+    /// where it matters for the activations: per-channel mixers near the identity, He-scaled
+    /// convolutions, positive BatchNorm variances, small layer scales.
+    pub fn init<B: Backend>(
+        &self,
+        device: &B::Device,
+        seed: u64,
+    ) -> Result<FastVitHd<B>, LoadError> {
+        FastVitHd::build(self, &mut Init::new(device, seed, draw))
     }
 
     /// Channels of the output feature map (`conv_exp` doubles the last stage width): 3072 when released.
@@ -45,12 +83,25 @@ impl FastVitHdConfig {
         (height.div_ceil(Self::STRIDE), width.div_ceil(Self::STRIDE))
     }
 
-    /// Checks the invariants the topology relies on.
+    /// Checks the invariants the topology relies on, and sizes a checkpoint can have (the
+    /// widths size every tensor the network allocates).
     pub fn validate(&self) -> Result<(), String> {
         if self.embed_dims.contains(&0) || self.layers.contains(&0) {
             return Err(format!(
                 "FastViTHD: layers {:?} and embed_dims {:?} must all be positive",
                 self.layers, self.embed_dims
+            ));
+        }
+        if self.embed_dims[4] > 1 << 14 || self.layers.iter().any(|&l| l > 1024) {
+            return Err(format!(
+                "FastViTHD: layers {:?} and embed_dims {:?} are beyond any released tower",
+                self.layers, self.embed_dims
+            ));
+        }
+        if !(1..=64).contains(&self.mlp_ratio) || !(self.norm_eps > 0.0 && self.norm_eps < 1.0) {
+            return Err(format!(
+                "FastViTHD: mlp_ratio {} must be in 1..=64 and norm_eps {} in (0, 1)",
+                self.mlp_ratio, self.norm_eps
             ));
         }
         for i in 0..4 {
@@ -155,13 +206,13 @@ impl FastVitHdConfig {
     }
 
     /// Reads depths and widths off a checkpoint's tensor shapes (names resolved through
-    /// `naming`), so shrunk towers in the release layout load as well as the released one.
+    /// `names`), so shrunk towers in the release layout load as well as the released one.
     /// `None` when the stem or a stage's first block is missing.
     pub fn from_checkpoint(
-        naming: &crate::WeightNaming,
+        names: &vlm_kernels::loader::NameMap,
         shape_of: &dyn Fn(&str) -> Option<Vec<usize>>,
     ) -> Option<Self> {
-        let shape = |name: &str| shape_of(&naming.resolve(name));
+        let shape = |name: &str| shape_of(&names.resolve(name));
         let d0 = *shape("patch_embed.0.reparam_conv.weight")?.first()?;
         let embed_dims = [d0, 2 * d0, 4 * d0, 8 * d0, 16 * d0];
         let hidden = *shape("network.0.0.convffn.fc1.weight")?.first()?;
@@ -177,10 +228,47 @@ impl FastVitHdConfig {
                 .count();
         }
         Some(
-            Self::new()
+            Self::default()
                 .with_layers(layers)
                 .with_embed_dims(embed_dims)
                 .with_mlp_ratio(hidden / d0.max(1)),
         )
     }
+}
+
+/// How [`FastVitHdConfig::init`] draws each tensor (Apple's name, without prefix).
+fn draw(name: &str, shape: &[usize]) -> Draw {
+    let ends = |s: &[&str]| s.iter().any(|x| name.ends_with(x));
+    if ends(&["bn.weight"]) {
+        return Draw::around(1.0, 0.2);
+    }
+    if ends(&["bn.running_var"]) {
+        return Draw::around(0.75, 0.25);
+    }
+    if ends(&["bn.bias", "bn.running_mean"]) {
+        return Draw::uniform(0.1);
+    }
+    if name.contains("layer_scale") {
+        return Draw::around(0.1, 0.05);
+    }
+    if ends(&["norm.weight"]) {
+        return Draw::around(1.0, 0.1);
+    }
+    if ends(&["norm.bias"]) {
+        return Draw::uniform(0.05);
+    }
+    if ends(&[".bias"]) {
+        return Draw::uniform(0.02);
+    }
+    // The re-parameterised token mixers and RepCPEs carry the identity.
+    let cpe = name.starts_with("network.") && name.matches('.').count() == 3;
+    if ends(&["token_mixer.reparam_conv.weight"]) || (cpe && ends(&["reparam_conv.weight"])) {
+        return Draw::uniform(0.05).centred();
+    }
+    let gain = if ends(&["qkv.weight", "proj.weight"]) {
+        3.0
+    } else {
+        6.0
+    };
+    Draw::fan_in(shape, gain)
 }

@@ -1,11 +1,11 @@
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::tensor::{Tensor, backend::Backend};
+use vlm_kernels::loader::{LoadError, Params, upload};
+use vlm_kernels::ops;
 
-use crate::depthwise::conv_forward;
+use crate::names::ConvSpec;
 use crate::pointwise::Pointwise;
-use crate::weights::{ConvSpec, LoadError, WeightLoader};
-use vlm_kernels::activation::gelu;
 
 /// ConvFFN: depthwise 7×7 conv + BatchNorm, 1×1 `fc1` (×mlp_ratio), GELU, 1×1 `fc2`.
 ///
@@ -46,7 +46,7 @@ pub fn fold_batch_norm(
 
 impl<B: Backend> ConvFfn<B> {
     pub(crate) fn load(
-        loader: &mut WeightLoader<B>,
+        params: &mut impl Params<B>,
         name: &str,
         dim: usize,
         hidden: usize,
@@ -54,60 +54,40 @@ impl<B: Backend> ConvFfn<B> {
         layer_scale: Option<&[f32]>,
     ) -> Result<Self, LoadError> {
         let spec = ConvSpec::depthwise(dim, 7);
-        let mut weight = loader.host(&format!("{name}.conv.conv.weight"), &spec.weight_shape())?;
-        let bn = |loader: &mut WeightLoader<B>, p: &str| {
-            loader.host(&format!("{name}.conv.bn.{p}"), &[dim])
-        };
-        let (gamma, beta) = (bn(loader, "weight")?, bn(loader, "bias")?);
-        let (mean, var) = (bn(loader, "running_mean")?, bn(loader, "running_var")?);
+        let mut weight = params.host(&format!("{name}.conv.conv.weight"), &spec.weight_shape())?;
+        let mut bn = |p: &str| params.host(&format!("{name}.conv.bn.{p}"), &[dim]);
+        let (gamma, beta) = (bn("weight")?, bn("bias")?);
+        let (mean, var) = (bn("running_mean")?, bn("running_var")?);
         let bias = fold_batch_norm(&mut weight, &gamma, &beta, &mean, &var, eps);
-        let conv = loader.conv_from(
-            spec,
-            loader.upload(weight, spec.weight_shape()),
-            loader.upload(bias, [dim]),
+        let device = params.device().clone();
+        let conv = spec.with(
+            upload(weight, spec.weight_shape(), &device),
+            upload(bias, [dim], &device),
         );
 
-        let w1 = loader.host(&format!("{name}.fc1.weight"), &[hidden, dim, 1, 1])?;
+        let w1 = params.host(&format!("{name}.fc1.weight"), &[hidden, dim, 1, 1])?;
         let fc1 = Pointwise::new(
-            loader.upload(w1, [hidden, dim]),
-            loader.tensor(&format!("{name}.fc1.bias"), [hidden])?,
+            upload(w1, [hidden, dim], &device),
+            params.tensor(&format!("{name}.fc1.bias"), [hidden])?,
         );
-        let mut w2 = loader.host(&format!("{name}.fc2.weight"), &[dim, hidden, 1, 1])?;
-        let mut b2 = loader.host(&format!("{name}.fc2.bias"), &[dim])?;
+        let mut w2 = params.host(&format!("{name}.fc2.weight"), &[dim, hidden, 1, 1])?;
+        let mut b2 = params.host(&format!("{name}.fc2.bias"), &[dim])?;
         if let Some(scale) = layer_scale {
             scale_rows(&mut w2, scale);
             scale_rows(&mut b2, scale);
         }
-        let fc2 = Pointwise::new(loader.upload(w2, [dim, hidden]), loader.upload(b2, [dim]));
+        let fc2 = Pointwise::new(
+            upload(w2, [dim, hidden], &device),
+            upload(b2, [dim], &device),
+        );
         Ok(Self { conv, fc1, fc2 })
     }
 
     /// `[batch, dim, h, w]` → `[batch, dim, h, w]`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let x = conv_forward(&self.conv, x, false);
-        // On flex (f32) both 1×1 convolutions and the GELU run a block of pixels at a time, so
-        // the 4× wide map never leaves the cache.
-        #[cfg(feature = "flex")]
-        let x = if vlm_kernels::flex::on_flex::<B>() {
-            match vlm_kernels::flex::pointwise_mlp(x, &self.mlp_weights()) {
-                Ok(y) => return y,
-                Err(x) => x,
-            }
-        } else {
-            x
-        };
-        let x = gelu(self.fc1.forward(x));
-        self.fc2.forward(x)
-    }
-
-    #[cfg(feature = "flex")]
-    fn mlp_weights(&self) -> vlm_kernels::flex::PointwiseMlp<B> {
-        vlm_kernels::flex::PointwiseMlp {
-            w1: self.fc1.weight.val(),
-            b1: self.fc1.bias.val(),
-            w2: self.fc2.weight.val(),
-            b2: self.fc2.bias.val(),
-        }
+        let x = ops::conv2d(&self.conv, x, false);
+        // fc2(GELU(fc1(x))), as one op: the ops layer keeps the 4× wide map in cache where it can.
+        ops::pointwise_mlp(x, self.fc1.params(), self.fc2.params())
     }
 }
 

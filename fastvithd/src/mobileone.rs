@@ -1,11 +1,11 @@
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::tensor::{Tensor, backend::Backend};
+use vlm_kernels::loader::{LoadError, Params};
+use vlm_kernels::ops;
 
-use crate::depthwise::conv_forward;
+use crate::names::ConvSpec;
 use crate::squeeze_excite::SqueezeExcite;
-use crate::weights::{ConvSpec, LoadError, WeightLoader};
-use vlm_kernels::activation::gelu;
 
 /// MobileOne block in its inference form: one re-parameterised convolution (`reparam_conv`), an
 /// optional squeeze-excite, then GELU.
@@ -17,21 +17,20 @@ pub struct MobileOneBlock<B: Backend> {
 
 impl<B: Backend> MobileOneBlock<B> {
     pub(crate) fn load(
-        loader: &mut WeightLoader<B>,
+        params: &mut impl Params<B>,
         name: &str,
         spec: ConvSpec,
         with_se: bool,
     ) -> Result<Self, LoadError> {
         Ok(Self {
-            reparam_conv: loader.conv(&format!("{name}.reparam_conv"), spec)?,
-            se: if with_se {
-                Some(SqueezeExcite::load(
-                    loader,
+            reparam_conv: spec.load(params, &format!("{name}.reparam_conv"))?,
+            se: match with_se {
+                true => Some(SqueezeExcite::load(
+                    params,
                     &format!("{name}.se"),
                     spec.channels[1],
-                )?)
-            } else {
-                None
+                )?),
+                false => None,
             },
         })
     }
@@ -40,8 +39,8 @@ impl<B: Backend> MobileOneBlock<B> {
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         match &self.se {
             // GELU comes after the squeeze-excite, so it cannot join the convolution.
-            Some(se) => gelu(se.forward(conv_forward(&self.reparam_conv, x, false))),
-            None => conv_forward(&self.reparam_conv, x, true),
+            Some(se) => ops::gelu(se.forward(ops::conv2d(&self.reparam_conv, x, false))),
+            None => ops::conv2d(&self.reparam_conv, x, true),
         }
     }
 }

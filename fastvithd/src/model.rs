@@ -1,13 +1,14 @@
 use burn::module::Module;
-use burn::tensor::{Tensor, TensorData, backend::Backend};
+use burn::tensor::{Tensor, backend::Backend};
+use vlm_kernels::loader::{LoadError, Loader, NameMap, Params, Source};
 
 use crate::FastVitHdConfig;
 use crate::attention_block::AttentionBlock;
 use crate::mobileone::MobileOneBlock;
+use crate::names::ConvSpec;
 use crate::patch_embed::PatchEmbed;
 use crate::rep_cpe::RepCpe;
 use crate::repmixer::RepMixerBlock;
-use crate::weights::{ConvSpec, LoadError, WeightLoader, WeightNaming};
 
 /// One stage: an optional PatchEmbed, an optional RepCPE, then its blocks (RepMixer blocks in
 /// stages 0–2, attention blocks in stages 3–4).
@@ -61,20 +62,24 @@ const NETWORK_INDEX: [(Option<usize>, Option<usize>, usize); 5] = [
 const FIRST_ATTENTION_STAGE: usize = 3;
 
 impl<B: Backend> FastVitHd<B> {
-    /// Builds the network from named tensors.
+    /// Builds the network from a checkpoint's tensors, named as `names` says (see [`crate::names()`]).
     ///
     /// `source` returns a tensor by its name in the checkpoint (float tensors of any precision;
-    /// `None` when absent). Names are Apple's, or timm's through [`crate::TIMM_RENAMES`].
-    /// Tensors the network does not use (`head.proj`, `num_batches_tracked`) are never asked for.
+    /// `None` when absent). Tensors the network does not use (`head.proj`,
+    /// `num_batches_tracked`) are never asked for.
     pub fn load(
         config: &FastVitHdConfig,
-        naming: &WeightNaming,
-        source: &mut dyn FnMut(&str) -> Option<TensorData>,
+        names: &NameMap,
+        source: &mut Source<'_>,
         device: &B::Device,
     ) -> Result<Self, LoadError> {
+        Self::build(config, &mut Loader::new(source, names, device))
+    }
+
+    /// Builds the network from `params` (a checkpoint, or random values): the BatchNorms and
+    /// layer scales folded in on the host.
+    pub fn build(config: &FastVitHdConfig, params: &mut impl Params<B>) -> Result<Self, LoadError> {
         config.validate().map_err(LoadError::Config)?;
-        let mut loader = WeightLoader::<B>::new(source, naming, device);
-        let loader = &mut loader;
         let dims = config.embed_dims;
 
         let stem_specs = [
@@ -85,31 +90,31 @@ impl<B: Backend> FastVitHd<B> {
         let stem = stem_specs
             .into_iter()
             .enumerate()
-            .map(|(i, spec)| MobileOneBlock::load(loader, &format!("patch_embed.{i}"), spec, false))
+            .map(|(i, spec)| MobileOneBlock::load(params, &format!("patch_embed.{i}"), spec, false))
             .collect::<Result<Vec<_>, _>>()?;
 
         let mut stages = Vec::with_capacity(5);
         for (s, (down, pos, blocks)) in NETWORK_INDEX.into_iter().enumerate() {
             let dim = dims[s];
             let downsample = down
-                .map(|i| PatchEmbed::load(loader, &format!("network.{i}"), dims[s - 1]))
+                .map(|i| PatchEmbed::load(params, &format!("network.{i}"), dims[s - 1]))
                 .transpose()?;
             let pos_emb = pos
-                .map(|i| RepCpe::load(loader, &format!("network.{i}"), dim))
+                .map(|i| RepCpe::load(params, &format!("network.{i}"), dim))
                 .transpose()?;
             let (mut repmixer_blocks, mut attention_blocks) = (Vec::new(), Vec::new());
             for b in 0..config.layers[s] {
                 let name = format!("network.{blocks}.{b}");
                 if s < FIRST_ATTENTION_STAGE {
                     repmixer_blocks.push(RepMixerBlock::load(
-                        loader,
+                        params,
                         &name,
                         dim,
                         config.mlp_ratio,
                         config.norm_eps,
                     )?);
                 } else {
-                    attention_blocks.push(AttentionBlock::load(loader, &name, dim, config)?);
+                    attention_blocks.push(AttentionBlock::load(params, &name, dim, config)?);
                 }
             }
             stages.push(Stage {
@@ -121,7 +126,7 @@ impl<B: Backend> FastVitHd<B> {
         }
 
         let conv_exp = MobileOneBlock::load(
-            loader,
+            params,
             "conv_exp",
             ConvSpec::new([dims[4], config.out_channels()], 3).groups(dims[4]),
             true,

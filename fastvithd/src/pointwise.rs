@@ -1,13 +1,9 @@
 use burn::module::{Module, Param};
 use burn::tensor::{Tensor, backend::Backend};
+use vlm_kernels::ops;
 
-/// A 1×1 convolution with bias, computed as one matrix product over the pixels.
-///
-/// The same numbers as `Conv2d` with a 1×1 kernel, but always on the backend's GEMM, which is
-/// what a 1×1 convolution should be on a GPU. (It was first a workaround: burn 0.21's CubeCL
-/// convolution returned garbage for some shapes, 8 → 32 channels from 48×48 pixels up. The cause
-/// was cubek-matmul's double-buffered matmuls summing a stage past k, which the GEMM could hit
-/// as well; the workspace patches that, see `third_party/cubek-matmul/PATCH.md`.)
+/// A 1×1 convolution with bias, run as one matrix product over the pixels
+/// ([`ops::pointwise`]).
 #[derive(Module, Debug)]
 pub struct Pointwise<B: Backend> {
     /// `[out, in]`: PyTorch's `[out, in, 1, 1]` without the unit axes.
@@ -24,13 +20,13 @@ impl<B: Backend> Pointwise<B> {
         }
     }
 
+    /// The weight and bias, as the ops take them.
+    pub fn params(&self) -> (Tensor<B, 2>, Tensor<B, 1>) {
+        (self.weight.val(), self.bias.val())
+    }
+
     /// `[batch, in, h, w]` → `[batch, out, h, w]`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let [batch, channels, h, w] = x.dims();
-        let [out, _] = self.weight.dims();
-        let pixels = x.reshape([batch, channels, h * w]);
-        let y = self.weight.val().unsqueeze::<3>().matmul(pixels)
-            + self.bias.val().reshape([1, out, 1]);
-        y.reshape([batch, out, h, w])
+        ops::pointwise(x, self.weight.val(), self.bias.val())
     }
 }

@@ -1,9 +1,10 @@
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::tensor::{Tensor, backend::Backend};
+use vlm_kernels::loader::{LoadError, Params};
+use vlm_kernels::ops;
 
-use crate::depthwise::conv_forward;
-use crate::weights::{ConvSpec, LoadError, WeightLoader};
+use crate::names::ConvSpec;
 
 /// Conditional positional encoding before each attention stage: a depthwise 7×7 conv whose
 /// re-parameterised kernel already includes the identity, so there is no residual add.
@@ -14,18 +15,18 @@ pub struct RepCpe<B: Backend> {
 
 impl<B: Backend> RepCpe<B> {
     pub(crate) fn load(
-        loader: &mut WeightLoader<B>,
+        params: &mut impl Params<B>,
         name: &str,
         dim: usize,
     ) -> Result<Self, LoadError> {
         Ok(Self {
-            reparam_conv: loader
-                .conv(&format!("{name}.reparam_conv"), ConvSpec::depthwise(dim, 7))?,
+            reparam_conv: ConvSpec::depthwise(dim, 7)
+                .load(params, &format!("{name}.reparam_conv"))?,
         })
     }
 
     /// `[batch, dim, h, w]` → same shape.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        conv_forward(&self.reparam_conv, x, false)
+        ops::conv2d(&self.reparam_conv, x, false)
     }
 }

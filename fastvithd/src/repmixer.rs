@@ -1,10 +1,11 @@
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::tensor::{Tensor, backend::Backend};
+use vlm_kernels::loader::{LoadError, Params};
+use vlm_kernels::ops;
 
 use crate::conv_ffn::ConvFfn;
-use crate::depthwise::conv_forward;
-use crate::weights::{ConvSpec, LoadError, WeightLoader};
+use crate::names::ConvSpec;
 
 /// RepMixer block (stages 0–2), inference form.
 ///
@@ -19,19 +20,17 @@ pub struct RepMixerBlock<B: Backend> {
 
 impl<B: Backend> RepMixerBlock<B> {
     pub(crate) fn load(
-        loader: &mut WeightLoader<B>,
+        params: &mut impl Params<B>,
         name: &str,
         dim: usize,
         mlp_ratio: usize,
         eps: f64,
     ) -> Result<Self, LoadError> {
-        let token_mixer = loader.conv(
-            &format!("{name}.token_mixer.reparam_conv"),
-            ConvSpec::depthwise(dim, 3),
-        )?;
-        let layer_scale = loader.host(&format!("{name}.layer_scale"), &[dim, 1, 1])?;
+        let token_mixer = ConvSpec::depthwise(dim, 3)
+            .load(params, &format!("{name}.token_mixer.reparam_conv"))?;
+        let layer_scale = params.host(&format!("{name}.layer_scale"), &[dim, 1, 1])?;
         let convffn = ConvFfn::load(
-            loader,
+            params,
             &format!("{name}.convffn"),
             dim,
             dim * mlp_ratio,
@@ -46,7 +45,7 @@ impl<B: Backend> RepMixerBlock<B> {
 
     /// `[batch, dim, h, w]` → `[batch, dim, h, w]`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let t = conv_forward(&self.token_mixer, x, false);
+        let t = ops::conv2d(&self.token_mixer, x, false);
         t.clone() + self.convffn.forward(t)
     }
 }

@@ -1,10 +1,11 @@
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::tensor::activation::{relu, sigmoid};
-use burn::tensor::{DType, FloatDType, Tensor, backend::Backend};
+use burn::tensor::{Tensor, backend::Backend};
+use vlm_kernels::loader::{LoadError, Params};
+use vlm_kernels::ops;
 
-use crate::depthwise::{conv_in_f32, even_padding};
-use crate::weights::{ConvSpec, LoadError, WeightLoader};
+use crate::names::ConvSpec;
 
 /// Squeeze-excite of `conv_exp`: global average → 1×1 `reduce` → ReLU → 1×1 `expand` → sigmoid,
 /// then a per-channel gate on the input.
@@ -21,33 +22,27 @@ impl<B: Backend> SqueezeExcite<B> {
     }
 
     pub(crate) fn load(
-        loader: &mut WeightLoader<B>,
+        params: &mut impl Params<B>,
         name: &str,
         channels: usize,
     ) -> Result<Self, LoadError> {
         let rd = Self::reduced(channels);
         Ok(Self {
-            reduce: loader.conv(&format!("{name}.reduce"), ConvSpec::new([channels, rd], 1))?,
-            expand: loader.conv(&format!("{name}.expand"), ConvSpec::new([rd, channels], 1))?,
+            reduce: ConvSpec::new([channels, rd], 1).load(params, &format!("{name}.reduce"))?,
+            expand: ConvSpec::new([rd, channels], 1).load(params, &format!("{name}.expand"))?,
         })
     }
 
     /// `[batch, channels, h, w]` → same shape.
     ///
-    /// At f16/bf16 the pooling and the gate run in f32 (the two convolutions sum over
-    /// `channels` and `channels / 16` inputs, which burn 0.21's direct convolution would sum at
-    /// the tensor's precision) and the gate is rounded once; the map itself stays as it is.
+    /// The gate is computed in f32 at every precision and rounded once (the pooling averages
+    /// the whole map, the convolutions sum over `channels` and `channels / 16` inputs); the map
+    /// itself keeps its precision.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let pooled = ops::to_f32(x.clone()).mean_dim(2).mean_dim(3);
+        let hidden = relu(ops::conv2d(&self.reduce, pooled, false));
+        let gate = sigmoid(ops::conv2d(&self.expand, hidden, false));
         let dtype = x.dtype();
-        let half = matches!(dtype, DType::F16 | DType::BF16);
-        if half && even_padding(&self.reduce).is_some() && even_padding(&self.expand).is_some() {
-            let pooled = x.clone().cast(FloatDType::F32).mean_dim(2).mean_dim(3);
-            let hidden = relu(conv_in_f32(&self.reduce, pooled));
-            let gate = sigmoid(conv_in_f32(&self.expand, hidden));
-            return x * gate.cast(dtype);
-        }
-        let pooled = x.clone().mean_dim(2).mean_dim(3);
-        let gate = sigmoid(self.expand.forward(relu(self.reduce.forward(pooled))));
-        x * gate
+        x * ops::cast(gate, dtype)
     }
 }

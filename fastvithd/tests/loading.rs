@@ -6,12 +6,13 @@ use burn::backend::Flex;
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Tensor, TensorData};
-use fastvithd::{FastVitHd, FastVitHdConfig, LoadError, WeightNaming, fold_batch_norm};
+use fastvithd::{Convention, FastVitHd, FastVitHdConfig, LoadError, fold_batch_norm, names};
+use vlm_kernels::Depthwise;
 
 type B = Flex;
 
 fn tiny() -> FastVitHdConfig {
-    FastVitHdConfig::new()
+    FastVitHdConfig::default()
         .with_layers([1, 1, 1, 1, 1])
         .with_embed_dims([4, 8, 16, 32, 64])
 }
@@ -52,7 +53,7 @@ fn load(
 ) -> Result<FastVitHd<B>, LoadError> {
     FastVitHd::load(
         config,
-        &WeightNaming::default(),
+        &names(Convention::Apple).unwrap(),
         &mut |n| tensors.get(n).cloned(),
         &Default::default(),
     )
@@ -65,7 +66,7 @@ fn loads_exactly_the_listed_tensors() {
     let mut asked = Vec::new();
     FastVitHd::<B>::load(
         &config,
-        &WeightNaming::default(),
+        &names(Convention::Apple).unwrap(),
         &mut |n| {
             asked.push(n.to_string());
             tensors.get(n).cloned()
@@ -193,16 +194,15 @@ fn batch_norm_folds_into_the_depthwise_conv() {
     );
 }
 
-/// Every spatial convolution of the network but the stem's first is per-channel, so on the
-/// CubeCL backends all of them take the fused kernel (`depthwise_conv2d`); the options it reads
-/// off each module are the geometry of `mci.py`.
+/// Every spatial convolution of the network but the stem's first is per-channel, so all of them
+/// take the ops layer's per-channel convolution (`vlm_kernels::ops::depthwise_conv2d`); the
+/// geometry it reads off each module is that of `mci.py`.
 #[test]
 fn spatial_convolutions_take_the_per_channel_kernel() {
-    use fastvithd::DepthwiseOptions;
     let config = tiny();
     let model = load(&config, &checkpoint(&config, fastvithd::APPLE_PREFIX)).unwrap();
     let opts = |kernel, stride, multiplier, gelu| {
-        Some(DepthwiseOptions {
+        Some(Depthwise {
             kernel,
             stride,
             padding: kernel / 2,
@@ -210,46 +210,40 @@ fn spatial_convolutions_take_the_per_channel_kernel() {
             gelu,
         })
     };
+    assert_eq!(Depthwise::of(&model.stem[0].reparam_conv, true), None);
     assert_eq!(
-        DepthwiseOptions::of(&model.stem[0].reparam_conv, true),
-        None
-    );
-    assert_eq!(
-        DepthwiseOptions::of(&model.stem[1].reparam_conv, true),
+        Depthwise::of(&model.stem[1].reparam_conv, true),
         opts(3, 2, 1, true)
     );
     for stage in &model.stages {
         for block in &stage.repmixer_blocks {
             assert_eq!(
-                DepthwiseOptions::of(&block.token_mixer, false),
+                Depthwise::of(&block.token_mixer, false),
                 opts(3, 1, 1, false)
             );
             assert_eq!(
-                DepthwiseOptions::of(&block.convffn.conv, false),
+                Depthwise::of(&block.convffn.conv, false),
                 opts(7, 1, 1, false)
             );
         }
         for block in &stage.attention_blocks {
             assert_eq!(
-                DepthwiseOptions::of(&block.convffn.conv, false),
+                Depthwise::of(&block.convffn.conv, false),
                 opts(7, 1, 1, false)
             );
         }
         if let Some(down) = &stage.downsample {
-            assert_eq!(
-                DepthwiseOptions::of(&down.large_kernel, true),
-                opts(7, 2, 2, true)
-            );
+            assert_eq!(Depthwise::of(&down.large_kernel, true), opts(7, 2, 2, true));
         }
         if let Some(pos) = &stage.pos_emb {
             assert_eq!(
-                DepthwiseOptions::of(&pos.reparam_conv, false),
+                Depthwise::of(&pos.reparam_conv, false),
                 opts(7, 1, 1, false)
             );
         }
     }
     assert_eq!(
-        DepthwiseOptions::of(&model.conv_exp.reparam_conv, false),
+        Depthwise::of(&model.conv_exp.reparam_conv, false),
         opts(3, 1, 2, false)
     );
 }

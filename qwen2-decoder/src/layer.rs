@@ -1,5 +1,6 @@
 use burn::module::Module;
 use burn::tensor::{Tensor, backend::Backend};
+use vlm_kernels::ops::Rope;
 
 use crate::attention::Qwen2Attention;
 use crate::cache::LayerCache;
@@ -16,16 +17,22 @@ pub struct Qwen2DecoderLayer<B: Backend> {
 }
 
 impl<B: Backend> Qwen2DecoderLayer<B> {
-    pub(crate) fn forward(
+    /// `[batch, n, hidden]` at positions `start..start + n` → same shape; the layer's cache
+    /// grows by the `n` positions.
+    pub fn forward(
         &self,
         x: Tensor<B, 3>,
-        rope: &(Tensor<B, 4>, Tensor<B, 4>),
+        rope: &Rope<B>,
         cache: &mut LayerCache<B>,
         start: usize,
     ) -> Tensor<B, 3> {
-        let x = self
-            .self_attn
-            .forward(x, &self.input_layernorm, rope, cache, start);
-        self.mlp.forward_residual(x, &self.post_attention_layernorm)
+        let attn =
+            self.self_attn
+                .forward(self.input_layernorm.forward(x.clone()), rope, cache, start);
+        let x = x + attn;
+        let mlp = self
+            .mlp
+            .forward(self.post_attention_layernorm.forward(x.clone()));
+        x + mlp
     }
 }

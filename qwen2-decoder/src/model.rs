@@ -1,5 +1,7 @@
 use burn::module::{Module, Param};
-use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
+use burn::tensor::{Int, Tensor, backend::Backend};
+use vlm_kernels::loader::{LoadError, Loader, NameMap, Params, Source};
+use vlm_kernels::ops;
 
 use crate::Qwen2Config;
 use crate::attention::Qwen2Attention;
@@ -8,8 +10,7 @@ use crate::layer::Qwen2DecoderLayer;
 use crate::mlp::Qwen2Mlp;
 use crate::rms_norm::RmsNorm;
 use crate::rotary::RotaryEmbedding;
-use crate::vocab::{LmHead, MAX_BLOCK_BYTES, TokenEmbedding, rows_per_block};
-use crate::weights::{LoadError, WeightLoader, transpose};
+use crate::vocab::{LmHead, TokenEmbedding, rows_per_block};
 
 /// A request the model cannot serve.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -33,69 +34,93 @@ pub struct Qwen2<B: Backend> {
     pub max_position_embeddings: usize,
 }
 
+/// The RMS norm `{name}.weight` `[hidden]`.
+fn rms_norm<B: Backend>(
+    params: &mut impl Params<B>,
+    name: &str,
+    hidden: usize,
+    eps: f64,
+) -> Result<RmsNorm<B>, LoadError> {
+    Ok(RmsNorm {
+        weight: Param::from_tensor(params.tensor(&format!("{name}.weight"), [hidden])?),
+        eps,
+    })
+}
+
 impl<B: Backend> Qwen2<B> {
-    /// Builds the model from tensors named as in Hugging Face checkpoints, after `prefix`
-    /// (empty for Qwen2 and FastVLM files). A tied model never reads `lm_head.weight`.
-    /// Vocabulary-sized tensors are stored in blocks of at most 128 MiB (see [`crate::vocab`]).
+    /// Builds the model from a checkpoint's tensors, named as `names` says (see
+    /// [`crate::names()`]). A tied model never reads `lm_head.weight`. Vocabulary-sized tensors
+    /// are stored in blocks the backend can bind ([`ops::max_binding_bytes`]).
     pub fn load(
         config: &Qwen2Config,
-        prefix: &str,
-        source: &mut dyn FnMut(&str) -> Option<TensorData>,
+        names: &NameMap,
+        source: &mut Source<'_>,
         device: &B::Device,
     ) -> Result<Self, LoadError> {
-        Self::load_blocked(config, prefix, source, device, MAX_BLOCK_BYTES)
+        Self::load_blocked(
+            config,
+            names,
+            source,
+            device,
+            ops::max_binding_bytes::<B>(device),
+        )
     }
 
     /// [`Qwen2::load`] with vocabulary blocks of at most `max_block_bytes` (at f32).
     pub fn load_blocked(
         config: &Qwen2Config,
-        prefix: &str,
-        source: &mut dyn FnMut(&str) -> Option<TensorData>,
+        names: &NameMap,
+        source: &mut Source<'_>,
         device: &B::Device,
         max_block_bytes: usize,
     ) -> Result<Self, LoadError> {
+        Self::build(
+            config,
+            &mut Loader::new(source, names, device),
+            max_block_bytes,
+        )
+    }
+
+    /// Builds the model from `params` (a checkpoint, or random values), with vocabulary blocks
+    /// of at most `max_block_bytes` (at f32).
+    pub fn build(
+        config: &Qwen2Config,
+        params: &mut impl Params<B>,
+        max_block_bytes: usize,
+    ) -> Result<Self, LoadError> {
         config.validate().map_err(LoadError::Config)?;
-        let mut w = WeightLoader::<B>::new(source, prefix, device);
         let (h, i) = (config.hidden_size, config.intermediate_size);
         let head_dim = config.head_dim();
         let kv = config.num_key_value_heads * head_dim;
         let eps = config.rms_norm_eps;
-        let rms = |w: &mut WeightLoader<B>, name: &str| -> Result<RmsNorm<B>, LoadError> {
-            Ok(RmsNorm {
-                weight: Param::from_tensor(w.tensor(&format!("{name}.weight"), [h])?),
-                eps,
-            })
-        };
-
         let vocab = config.vocab_size;
         let rows = rows_per_block(h, max_block_bytes);
-        let table = w.host("model.embed_tokens.weight", &[vocab, h])?;
-        let embed_tokens = TokenEmbedding::new(
-            table
-                .chunks(rows * h)
-                .map(|c| Tensor::from_data(TensorData::new(c.to_vec(), [c.len() / h, h]), device))
-                .collect(),
-        );
-        drop(table);
+        let embed_tokens = TokenEmbedding::new(params.table(
+            "model.embed_tokens.weight",
+            [vocab, h],
+            rows,
+            false,
+        )?);
 
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for l in 0..config.num_hidden_layers {
             let p = format!("model.layers.{l}");
-            let input_layernorm = rms(&mut w, &format!("{p}.input_layernorm"))?;
+            let input_layernorm = rms_norm(params, &format!("{p}.input_layernorm"), h, eps)?;
             let self_attn = Qwen2Attention {
-                q_proj: w.linear(&format!("{p}.self_attn.q_proj"), h, h, true)?,
-                k_proj: w.linear(&format!("{p}.self_attn.k_proj"), h, kv, true)?,
-                v_proj: w.linear(&format!("{p}.self_attn.v_proj"), h, kv, true)?,
-                o_proj: w.linear(&format!("{p}.self_attn.o_proj"), h, h, false)?,
+                q_proj: params.linear(&format!("{p}.self_attn.q_proj"), h, h, true)?,
+                k_proj: params.linear(&format!("{p}.self_attn.k_proj"), h, kv, true)?,
+                v_proj: params.linear(&format!("{p}.self_attn.v_proj"), h, kv, true)?,
+                o_proj: params.linear(&format!("{p}.self_attn.o_proj"), h, h, false)?,
                 num_heads: config.num_attention_heads,
                 num_kv_heads: config.num_key_value_heads,
                 head_dim,
             };
-            let post_attention_layernorm = rms(&mut w, &format!("{p}.post_attention_layernorm"))?;
+            let post_attention_layernorm =
+                rms_norm(params, &format!("{p}.post_attention_layernorm"), h, eps)?;
             let mlp = Qwen2Mlp {
-                gate_proj: w.linear(&format!("{p}.mlp.gate_proj"), h, i, false)?,
-                up_proj: w.linear(&format!("{p}.mlp.up_proj"), h, i, false)?,
-                down_proj: w.linear(&format!("{p}.mlp.down_proj"), i, h, false)?,
+                gate_proj: params.linear(&format!("{p}.mlp.gate_proj"), h, i, false)?,
+                up_proj: params.linear(&format!("{p}.mlp.up_proj"), h, i, false)?,
+                down_proj: params.linear(&format!("{p}.mlp.down_proj"), i, h, false)?,
             };
             layers.push(Qwen2DecoderLayer {
                 input_layernorm,
@@ -104,22 +129,17 @@ impl<B: Backend> Qwen2<B> {
                 mlp,
             });
         }
-        let norm = rms(&mut w, "model.norm")?;
-        let lm_head = if config.tie_word_embeddings {
-            None
-        } else {
+        let norm = rms_norm(params, "model.norm", h, eps)?;
+        let lm_head = match config.tie_word_embeddings {
+            true => None,
             // `[vocab, hidden]` as stored; each block transposed on the host to a contiguous
-            // `[hidden, cols]` (a transposed view would be re-laid-out by every matmul).
-            let out_in = w.host("lm_head.weight", &[vocab, h])?;
-            Some(LmHead::new(
-                out_in
-                    .chunks(rows * h)
-                    .map(|c| {
-                        let cols = c.len() / h;
-                        Tensor::from_data(TensorData::new(transpose(c, cols, h), [h, cols]), device)
-                    })
-                    .collect(),
-            ))
+            // `[hidden, cols]` (a transposed view would be laid out again by every product).
+            false => Some(LmHead::new(params.table(
+                "lm_head.weight",
+                [vocab, h],
+                rows,
+                true,
+            )?)),
         };
         Ok(Self {
             embed_tokens,
@@ -181,7 +201,9 @@ impl<B: Backend> Qwen2<B> {
         Ok(self.norm.forward(self.layers_forward(embeds, cache)?))
     }
 
-    /// The layers over `embeds` `[batch, n, hidden]`, before the final norm.
+    /// The layers over `embeds` `[batch, n, hidden]`, before the final norm: one position of
+    /// one sequence as a decoding step ([`Qwen2DecoderLayer::step`]), anything else through
+    /// [`Qwen2DecoderLayer::forward`].
     fn layers_forward(
         &self,
         embeds: Tensor<B, 3>,
@@ -202,24 +224,30 @@ impl<B: Backend> Qwen2<B> {
             });
         }
         let rope = self.rope.tables::<B>(start, n, &embeds.device());
+        let step = batch == 1 && n == 1;
         let mut x = embeds;
         for (layer, layer_cache) in self.layers.iter().zip(cache.layers.iter_mut()) {
-            x = layer.forward(x, &rope, layer_cache, start);
+            x = match step {
+                true => layer.step(x, &rope, layer_cache, start),
+                false => layer.forward(x, &rope, layer_cache, start),
+            };
         }
         cache.advance(n);
         Ok(x)
     }
 
+    /// The output projection's blocks, `[hidden, cols]` each: the LM head's, or the
+    /// embedding's transposed when tied.
+    fn head(&self) -> Vec<Tensor<B, 2>> {
+        match &self.lm_head {
+            Some(head) => head.blocks(),
+            None => self.embed_tokens.transposed(),
+        }
+    }
+
     /// Hidden states `[batch, n, hidden]` → logits `[batch, n, vocab]`.
     pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
-        let [b, n, h] = hidden.dims();
-        let flat = hidden.reshape([b * n, h]);
-        let logits = match &self.lm_head {
-            Some(head) => head.forward(flat),
-            None => self.embed_tokens.project(flat),
-        };
-        let vocab = logits.dims()[1];
-        logits.reshape([b, n, vocab])
+        ops::norm_project(hidden, None, &self.head())
     }
 
     /// Logits `[batch, n, vocab]` for every position of `embeds` `[batch, n, hidden]`.
@@ -251,60 +279,8 @@ impl<B: Backend> Qwen2<B> {
         let [b, n, _] = x.dims();
         // The norm is per position: the last one's alone is the same row.
         let last = x.narrow(1, n - 1, 1);
-        #[cfg(feature = "cubecl")]
-        if let Some(logits) = self.head_row(&last) {
-            let vocab = logits.dims()[2];
-            return Ok(logits.reshape([b, vocab]));
-        }
-        let logits = self.logits(self.norm.forward(last));
+        let logits = ops::norm_project(last, Some(&self.norm.row()), &self.head());
         let vocab = logits.dims()[2];
         Ok(logits.reshape([b, vocab]))
-    }
-
-    /// The final norm and the LM head over one row `x` `[1, 1, hidden]` as batch-1 linear rows
-    /// (`vlm_kernels::linear_row`, the norm in each launch): one launch per three vocabulary
-    /// blocks (one in all where the table is whole), where burn runs the norm, a matrix product
-    /// of one row per block and the concatenation. `None` where the kernel does not run or fit.
-    #[cfg(feature = "cubecl")]
-    fn head_row(&self, x: &Tensor<B, 3>) -> Option<Tensor<B, 3>> {
-        use vlm_kernels::{Kernel, RowProjection, available, linear_row, linear_row_fits};
-        if !available::<B>(Kernel::Gemv) {
-            return None;
-        }
-        // `[hidden, cols]` views: a tied head's `[rows, hidden]` blocks transposed.
-        let weights: Vec<Tensor<B, 2>> = match &self.lm_head {
-            Some(head) => head.blocks.iter().map(|b| b.val()).collect(),
-            None => self
-                .embed_tokens
-                .blocks
-                .iter()
-                .map(|b| b.val().transpose())
-                .collect(),
-        };
-        let norm = self.norm.row_norm();
-        let groups: Vec<&[Tensor<B, 2>]> = weights.chunks(3).collect();
-        let fits = groups
-            .iter()
-            .all(|group| linear_row_fits(x, group, &[], RowProjection::Concat, Some(&norm), None));
-        if !fits {
-            return None;
-        }
-        let parts: Vec<Tensor<B, 3>> = groups
-            .into_iter()
-            .map(|group| {
-                linear_row(
-                    x.clone(),
-                    group,
-                    &[],
-                    RowProjection::Concat,
-                    Some(norm.clone()),
-                    None,
-                )
-            })
-            .collect();
-        Some(match <[_; 1]>::try_from(parts) {
-            Ok([whole]) => whole,
-            Err(parts) => Tensor::cat(parts, 2),
-        })
     }
 }

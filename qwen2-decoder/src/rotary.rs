@@ -1,5 +1,6 @@
 use burn::module::Module;
 use burn::tensor::{Tensor, TensorData, backend::Backend};
+use vlm_kernels::ops::Rope;
 
 /// Rotary position embedding in the "rotate half" convention of Qwen2 / Llama:
 /// the two halves of each head are rotated as (x₁, x₂) → (x₁·cos − x₂·sin, x₂·cos + x₁·sin)
@@ -11,16 +12,11 @@ pub struct RotaryEmbedding {
 }
 
 impl RotaryEmbedding {
-    /// `(cos, sin)`, each `[1, 1, len, head_dim]`, for positions `start..start + len`.
+    /// The tables for positions `start..start + len`, each `[1, 1, len, head_dim]`.
     ///
     /// Angles are formed in f32 as the reference does (`inv_freq` and `position · inv_freq`
     /// in float32), then their cosine and sine are taken in f64.
-    pub fn tables<B: Backend>(
-        &self,
-        start: usize,
-        len: usize,
-        device: &B::Device,
-    ) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    pub fn tables<B: Backend>(&self, start: usize, len: usize, device: &B::Device) -> Rope<B> {
         let half = self.head_dim / 2;
         let theta = self.theta as f32;
         let inv_freq: Vec<f32> = (0..half)
@@ -38,23 +34,9 @@ impl RotaryEmbedding {
             }
         }
         let shape = [1, 1, len, self.head_dim];
-        (
-            Tensor::from_data(TensorData::new(cos, shape), device),
-            Tensor::from_data(TensorData::new(sin, shape), device),
-        )
-    }
-
-    /// Rotates `[batch, heads, len, head_dim]` with tables from [`Self::tables`].
-    pub fn apply<B: Backend>(
-        x: Tensor<B, 4>,
-        cos: &Tensor<B, 4>,
-        sin: &Tensor<B, 4>,
-    ) -> Tensor<B, 4> {
-        let [b, h, n, d] = x.dims();
-        let x1 = x.clone().narrow(3, 0, d / 2);
-        let x2 = x.clone().narrow(3, d / 2, d / 2);
-        let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
-        debug_assert_eq!(rotated.dims(), [b, h, n, d]);
-        x * cos.clone() + rotated * sin.clone()
+        Rope {
+            cos: Tensor::from_data(TensorData::new(cos, shape), device),
+            sin: Tensor::from_data(TensorData::new(sin, shape), device),
+        }
     }
 }

@@ -2,16 +2,13 @@
 //!
 //! wgpu caps one storage binding at 128 MiB on lavapipe and on many real adapters; Qwen2-0.5B's
 //! embedding alone is 151,936 × 896 × 4 bytes = 544 MB in f32. Keeping such tensors as row
-//! blocks below the cap lets every backend run them; backends without the cap load with
-//! `Qwen2::load_blocked(…, usize::MAX)` and keep each table whole (one matrix product, no
-//! per-block launches). Results do not change: a lookup picks the same rows, a projection
-//! computes the same dot products.
+//! blocks below the cap ([`vlm_kernels::ops::max_binding_bytes`]) lets every backend run them;
+//! backends without the cap keep each table whole (one matrix product, no per-block launches).
+//! Results do not change: a lookup picks the same rows, a projection computes the same dot
+//! products.
 
 use burn::module::{Module, Param};
 use burn::tensor::{Int, Tensor, backend::Backend};
-
-/// Largest block, bytes at f32: wgpu's default `max_storage_buffer_binding_size`.
-pub const MAX_BLOCK_BYTES: usize = 128 << 20;
 
 /// Rows of `width` f32 values that fit in `max_bytes`.
 pub fn rows_per_block(width: usize, max_bytes: usize) -> usize {
@@ -82,14 +79,9 @@ impl<B: Backend> TokenEmbedding<B> {
         out.reshape([batch, seq, hidden])
     }
 
-    /// Hidden states `[m, hidden]` → scores against every row `[m, vocab]` (a tied LM head).
-    pub fn project(&self, hidden: Tensor<B, 2>) -> Tensor<B, 2> {
-        let parts: Vec<Tensor<B, 2>> = self
-            .blocks
-            .iter()
-            .map(|b| hidden.clone().matmul(b.val().transpose()))
-            .collect();
-        Tensor::cat(parts, 1)
+    /// The blocks transposed, `[hidden, rows_k]` views: the output projection of a tied head.
+    pub fn transposed(&self) -> Vec<Tensor<B, 2>> {
+        self.blocks.iter().map(|b| b.val().transpose()).collect()
     }
 }
 
@@ -107,13 +99,8 @@ impl<B: Backend> LmHead<B> {
         }
     }
 
-    /// `[m, hidden]` → `[m, vocab]`.
-    pub fn forward(&self, hidden: Tensor<B, 2>) -> Tensor<B, 2> {
-        let parts: Vec<Tensor<B, 2>> = self
-            .blocks
-            .iter()
-            .map(|b| hidden.clone().matmul(b.val()))
-            .collect();
-        Tensor::cat(parts, 1)
+    /// The blocks, `[hidden, cols_k]`.
+    pub fn blocks(&self) -> Vec<Tensor<B, 2>> {
+        self.blocks.iter().map(|b| b.val()).collect()
     }
 }

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use burn::backend::Flex;
 use burn::tensor::TensorData;
-use qwen2_decoder::{LoadError, Qwen2, Qwen2Config};
+use qwen2_decoder::{Convention, LoadError, Qwen2, Qwen2Config, names};
 
 fn config(tied: bool) -> Qwen2Config {
     Qwen2Config::new(64, 96, 2, 4, 2, 50).with_tie_word_embeddings(tied)
@@ -22,7 +22,13 @@ fn tensors(config: &Qwen2Config) -> HashMap<String, TensorData> {
 }
 
 fn load(config: &Qwen2Config, t: &HashMap<String, TensorData>) -> Result<Qwen2<Flex>, LoadError> {
-    Qwen2::load(config, "", &mut |n| t.get(n).cloned(), &Default::default())
+    let names = names(Convention::Apple).unwrap();
+    Qwen2::load(
+        config,
+        &names,
+        &mut |n| t.get(n).cloned(),
+        &Default::default(),
+    )
 }
 
 #[test]
@@ -33,7 +39,7 @@ fn tied_and_untied_read_exactly_their_tensors() {
         let mut asked = Vec::new();
         Qwen2::<Flex>::load(
             &config,
-            "",
+            &names(Convention::Apple).unwrap(),
             &mut |n| {
                 asked.push(n.to_string());
                 t.get(n).cloned()
@@ -108,7 +114,7 @@ fn vocabulary_blocks_change_nothing() {
         // 64-wide rows of 4 bytes: 7 rows per block, 50 rows → 8 blocks, the last one short.
         let blocked = Qwen2::<Flex>::load_blocked(
             &config,
-            "",
+            &names(Convention::Apple).unwrap(),
             &mut |n| t.get(n).cloned(),
             &device,
             7 * 64 * 4,

@@ -165,40 +165,45 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Serve(a) => (&a.backend, a.dtype),
         Command::Download(a) => return download(a),
     };
-    if !backend::compiled().contains(&backend.as_str()) {
-        return backend::check(backend, Precision::F32);
-    }
-    let precision = dtype.unwrap_or_else(|| backend::default_precision(backend));
-    backend::check(backend, precision)?;
-    let command = &cli.command;
-    #[allow(unused_imports)]
-    use burn::tensor::{bf16, f16};
-    match (backend.as_str(), precision) {
-        #[cfg(feature = "cuda")]
-        ("cuda", Precision::F32) => dispatch::<backend::Cuda<f32>>(command, &Default::default()),
-        #[cfg(feature = "cuda")]
-        ("cuda", Precision::F16) => dispatch::<backend::Cuda<f16>>(command, &Default::default()),
-        #[cfg(feature = "cuda")]
-        ("cuda", Precision::Bf16) => dispatch::<backend::Cuda<bf16>>(command, &Default::default()),
-        #[cfg(feature = "wgpu")]
-        ("wgpu", Precision::F32) => dispatch::<backend::Gpu<f32>>(command, &Default::default()),
-        #[cfg(feature = "wgpu")]
-        ("wgpu", _) => dispatch::<backend::Gpu<f16>>(command, &Default::default()),
-        _ => dispatch::<backend::Cpu>(command, &Default::default()),
+    let selection = backend::Selection::new(backend, dtype)?;
+    selection.run(Dispatch {
+        command: &cli.command,
+        selection: &selection,
+    })
+}
+
+/// A command on the backend type the selection picked.
+struct Dispatch<'a> {
+    command: &'a Command,
+    selection: &'a backend::Selection,
+}
+
+impl backend::Job for Dispatch<'_> {
+    type Output = Result<(), String>;
+    fn run<B: Backend>(self, device: B::Device) -> Result<(), String> {
+        dispatch::<B>(self.command, self.selection, &device)
     }
 }
 
-fn dispatch<B: Backend>(command: &Command, device: &B::Device) -> Result<(), String> {
+fn dispatch<B: Backend>(
+    command: &Command,
+    selection: &backend::Selection,
+    device: &B::Device,
+) -> Result<(), String> {
     match command {
         Command::Predict(args) => predict::<B>(args, device),
         Command::Encode(args) => encode::<B>(args, device),
-        Command::Info(args) => info::<B>(args, device),
+        Command::Info(args) => info::<B>(args, selection, device),
         Command::Download(args) => download(args),
-        Command::Serve(args) => serve::<B>(args, device),
+        Command::Serve(args) => serve::<B>(args, selection, device),
     }
 }
 
-fn serve<B: Backend>(args: &ServeArgs, device: &B::Device) -> Result<(), String> {
+fn serve<B: Backend>(
+    args: &ServeArgs,
+    selection: &backend::Selection,
+    device: &B::Device,
+) -> Result<(), String> {
     let models_root = match &args.models_root {
         Some(root) => root.clone(),
         None => {
@@ -211,7 +216,7 @@ fn serve<B: Backend>(args: &ServeArgs, device: &B::Device) -> Result<(), String>
     let mut options = vlm_server::ServeOptions::new(models_root);
     options.addr = std::net::SocketAddr::new(args.host, args.port);
     options.model_path = args.model_path.clone();
-    options.backend = format!("{} {}", args.backend, compute_dtype::<B>(device));
+    options.backend = selection.label();
     options.queue_capacity = args.queue;
     options.limits.max_tokens = args.max_tokens;
     options.limits.max_image_pixels = args.max_image_pixels;
@@ -524,13 +529,11 @@ fn write_atomically(path: &Path, data: &[u8]) -> Result<(), String> {
     })
 }
 
-/// The float type `B` computes in, as `f32`/`f16`/`bf16`.
-fn compute_dtype<B: Backend>(device: &B::Device) -> String {
-    let dtype = burn::tensor::Tensor::<B, 1>::zeros([1], device).dtype();
-    format!("{dtype:?}").to_lowercase()
-}
-
-fn info<B: Backend>(args: &ModelArgs, device: &B::Device) -> Result<(), String> {
+fn info<B: Backend>(
+    args: &ModelArgs,
+    selection: &backend::Selection,
+    device: &B::Device,
+) -> Result<(), String> {
     let path = args.directory()?;
     let model = load_from::<B>(&path, device)?;
     let c = &model.config;
@@ -544,7 +547,7 @@ fn info<B: Backend>(args: &ModelArgs, device: &B::Device) -> Result<(), String> 
         format!("model:           {}", path.display()),
         format!(
             "vision tower:    FastViTHD {} (layers {:?}, widths {:?}), {:.2} M parameters",
-            c.mm_vision_tower,
+            c.vision_tower,
             c.encoder.layers,
             c.encoder.embed_dims,
             counts.vision as f64 / 1e6
@@ -553,11 +556,11 @@ fn info<B: Backend>(args: &ModelArgs, device: &B::Device) -> Result<(), String> 
             "image:           {0}×{0} → {1} tokens of {2}",
             c.image_size,
             c.image_tokens(),
-            c.mm_hidden_size
+            c.projector.in_features
         ),
         format!(
-            "projector:       {:?}, {:.2} M parameters",
-            c.projector,
+            "projector:       {}, {:.2} M parameters",
+            c.projector.kind,
             counts.projector as f64 / 1e6
         ),
         format!(
@@ -586,8 +589,8 @@ fn info<B: Backend>(args: &ModelArgs, device: &B::Device) -> Result<(), String> 
         format!(
             "stored dtype:    {stored} ({} file(s)); compute {} on {}",
             weights.files().count(),
-            compute_dtype::<B>(device),
-            args.backend
+            selection.precision,
+            selection.backend
         ),
     ];
     println!("{}", lines.join("\n"));

@@ -1,5 +1,9 @@
 //! The geometry of a per-channel convolution, shared by the CubeCL kernel and the flex loop.
 
+use burn::nn::PaddingConfig2d;
+use burn::nn::conv::Conv2d;
+use burn::tensor::backend::Backend;
+
 /// The geometry of a per-channel convolution: every output channel reads exactly one input
 /// channel (`groups == c_in`, `c_out = multiplier · c_in`), square kernel, no dilation, the same
 /// padding on every side, a bias, and optionally GELU (exact, erf) on the result.
@@ -15,6 +19,29 @@ pub struct Depthwise {
 }
 
 impl Depthwise {
+    /// The geometry of `conv` (then GELU when `gelu`) when it is a per-channel convolution with a
+    /// bias, the same padding on every side and no dilation; `None` otherwise.
+    pub fn of<B: Backend>(conv: &Conv2d<B>, gelu: bool) -> Option<Self> {
+        let [c_out, in_per_group, kh, kw] = conv.weight.dims();
+        let padding = match conv.padding {
+            PaddingConfig2d::Explicit(t, l, b, r) if t == l && l == b && b == r => t,
+            _ => return None,
+        };
+        let per_channel = in_per_group == 1
+            && c_out % conv.groups == 0
+            && kh == kw
+            && conv.stride[0] == conv.stride[1]
+            && conv.dilation == [1, 1]
+            && conv.bias.is_some();
+        per_channel.then_some(Self {
+            kernel: kh,
+            stride: conv.stride[0],
+            padding,
+            multiplier: c_out / conv.groups,
+            gelu,
+        })
+    }
+
     /// Output size along one spatial axis of `size` input pixels.
     pub fn output_size(&self, size: usize) -> usize {
         (size + 2 * self.padding - self.kernel) / self.stride + 1

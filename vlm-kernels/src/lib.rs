@@ -1,69 +1,34 @@
-//! Kernels for the ops of FastVLM's models that burn 0.21 runs slowly or as many small
-//! launches, picked at run time: CubeCL kernels on the GPU backends, parallel vectorised loops
-//! on the `flex` CPU backend.
+//! The layer FastVLM's model crates stand on: the ops they run and the loading they share.
 //!
-//! The models stay generic over `B: Backend`. When `B`'s float tensors turn out to be CubeCL
-//! tensors of a runtime compiled in (`wgpu`, `cuda` features), with burn's fusion in front or
-//! without, a model asks [`available`] and calls the op here; otherwise it takes burn's ops.
-//! Under fusion each kernel is registered as a custom operation of the fusion stream, so the
-//! operations around it still fuse and run in order.
+//! - [`ops`]: every op of the models that has more than burn's implementation (attention,
+//!   convolutions, activations, norms, a decoding step's fused rows), each one total function
+//!   that picks how it runs: a CubeCL kernel ([`cube`]) where `B`'s tensors are CubeCL tensors
+//!   of a runtime compiled in (features `wgpu`, `cuda`), a parallel vectorised loop ([`flex`])
+//!   on burn's `flex` CPU backend at f32 (feature `flex`), burn's own ops everywhere else. The
+//!   models stay generic over `B: Backend` and never ask which backend they run on.
+//! - [`Linear`]: the linear layer the models hold, run through [`ops`].
+//! - [`loader`]: building a model from named tensors (one error type; shape, dtype and
+//!   training-form checks; declarative name maps per checkpoint convention) or from random
+//!   values ([`loader::Init`]), through one [`loader::Params`] interface.
 //!
-//! The CubeCL ops: [`depthwise_conv2d`] (FastViTHD's spatial mixing), [`attention`] (FastViTHD's
-//! attention stages, the decoder's prefill and its one-position decoding step over a KV cache),
-//! [`rotary_append`] and [`rms_norm`] (the decoder's rotary embedding with the KV cache write,
-//! and its norms), [`linear_row`] (a decoding step's linear layers at batch 1: the norm and
-//! SwiGLU in one launch, the residual added on the way out, the final norm and the LM head) and
-//! [`qkv_rotary_append`] (a decoding step's norm, q/k/v, rotation and cache write in one). Each
-//! is checked against burn's ops on the CPU in `vlm-pipeline/tests/wgpu_parity.rs`.
-//!
-//! `FASTVLM_CUBECL_KERNELS=off` leaves every op to burn, and a list of kernel names runs only
-//! those ([`switched_on`]), for timing each kernel against burn's op in one build.
-//!
-//! [`activation`] holds the models' GELU, SiLU and SwiGLU as PyTorch evaluates them (f32 inside
-//! at f16/bf16); on flex (feature `flex`) through [`flex`], one parallel pass where flex runs
-//! one element at a time on one thread through libm. [`flex`] also has the CPU's attention,
-//! per-channel and small dense convolutions and FastViTHD's pixel-wise MLP (ConvFFN), each a
-//! parallel loop over the cores where flex 0.21 runs one thread or round-trips memory.
+//! `FASTVLM_CUBECL_KERNELS=off` leaves every op to burn on the GPU backends, and a list of
+//! kernel names runs only those ([`cube::switched_on`]), for timing each kernel against burn's
+//! op in one build.
 
-pub mod activation;
+mod geometry;
+mod linear;
+pub mod loader;
+pub mod ops;
+
 #[cfg(feature = "cubecl")]
-mod attention;
-#[cfg(feature = "cubecl")]
-mod cube;
-#[cfg(feature = "cubecl")]
-mod decode_attention;
-#[cfg(feature = "cubecl")]
-mod depthwise;
+pub mod cube;
 #[cfg(feature = "flex")]
 pub mod flex;
-#[cfg(feature = "cubecl")]
-mod gemv;
-mod geometry;
-#[cfg(feature = "cubecl")]
-mod qkv_rotary;
-#[cfg(feature = "cubecl")]
-mod rms_norm;
-#[cfg(feature = "cubecl")]
-mod rotary;
-
-#[cfg(feature = "cubecl")]
-pub use attention::{KvAttention, attention};
-#[cfg(feature = "cubecl")]
-pub(crate) use cube::{CubeKernel, float, run, run_all};
-#[cfg(feature = "cubecl")]
-pub use cube::{Kernel, available, cubecl_backend, switched_on};
-#[cfg(feature = "cubecl")]
-pub use depthwise::depthwise_conv2d;
-#[cfg(feature = "cubecl")]
-pub use gemv::{RowNorm, RowProjection, linear_row, linear_row_fits};
-#[cfg(feature = "cubecl")]
-pub use qkv_rotary::{qkv_rotary_append, qkv_rotary_append_fits};
-#[cfg(feature = "cubecl")]
-pub use rms_norm::{rms_norm, rms_norm_fits};
-#[cfg(feature = "cubecl")]
-pub use rotary::{rotary_append, rotary_append_fits};
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use geometry::Depthwise;
+pub use linear::Linear;
 
 use std::any::{Any, TypeId};
 

@@ -8,6 +8,8 @@
 use std::fmt;
 use std::str::FromStr;
 
+use burn::tensor::backend::Backend;
+
 /// The pure-Rust CPU backend.
 #[cfg(feature = "flex")]
 pub type Cpu<F = f32> = burn::backend::Flex<F>;
@@ -83,49 +85,106 @@ pub fn precisions(backend: &str) -> &'static [Precision] {
     }
 }
 
-/// The precision `backend` uses unless told otherwise: f32 on the CPU, bf16 on CUDA (the
-/// checkpoints' own type), f16 on wgpu where the adapter has `shader-f16`, else f32.
-pub fn default_precision(backend: &str) -> Precision {
-    match backend {
-        "cuda" => Precision::Bf16,
-        #[cfg(feature = "wgpu")]
-        "wgpu" => {
-            use burn::tensor::{DType, backend::Backend};
-            if Gpu::<f32>::supports_dtype(&Default::default(), DType::F16) {
-                Precision::F16
-            } else {
-                Precision::F32
-            }
+/// Work to run on the backend and precision picked at run time ([`Selection::run`]): what a
+/// binary does once it knows its backend type.
+pub trait Job {
+    type Output;
+    /// Runs on backend `B`, on `device`.
+    fn run<B: Backend>(self, device: B::Device) -> Self::Output;
+}
+
+/// A backend compiled into this build at a precision it computes in, checked against the
+/// machine (a wgpu adapter present, with `shader-f16` for f16).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Selection {
+    pub backend: String,
+    pub precision: Precision,
+}
+
+impl Selection {
+    /// `backend` (`cpu`, `wgpu`, `cuda`) at `precision`, its default when `None`: f32 on the
+    /// CPU, bf16 on CUDA (the checkpoints' own type), f16 on wgpu where the adapter has
+    /// `shader-f16`, else f32. The error says what this build and machine offer instead.
+    pub fn new(backend: &str, precision: Option<Precision>) -> Result<Self, String> {
+        let compiled = compiled();
+        if !compiled.contains(&backend) {
+            return Err(format!(
+                "backend `{backend}` is not compiled into this binary (available: {})",
+                compiled.join(", ")
+            ));
         }
-        _ => Precision::F32,
+        #[cfg(feature = "wgpu")]
+        let f16 = match backend {
+            "wgpu" => gpu_has_f16()?,
+            _ => false,
+        };
+        #[cfg(not(feature = "wgpu"))]
+        let f16 = false;
+        let precision = precision.unwrap_or(match backend {
+            "cuda" => Precision::Bf16,
+            "wgpu" if f16 => Precision::F16,
+            _ => Precision::F32,
+        });
+        let ok = precisions(backend);
+        if !ok.contains(&precision) {
+            let list: Vec<String> = ok.iter().map(ToString::to_string).collect();
+            return Err(format!(
+                "backend `{backend}` does not compute in {precision} (it does: {})",
+                list.join(", ")
+            ));
+        }
+        if backend == "wgpu" && precision == Precision::F16 && !f16 {
+            return Err("this GPU adapter has no shader-f16: use --dtype f32".into());
+        }
+        Ok(Self {
+            backend: backend.to_string(),
+            precision,
+        })
+    }
+
+    /// The first backend compiled in (CUDA, else wgpu, else the CPU) at its default precision.
+    pub fn preferred() -> Result<Self, String> {
+        Self::new(compiled()[0], None)
+    }
+
+    /// `backend precision`, as the binaries report it (`cuda bf16`).
+    pub fn label(&self) -> String {
+        format!("{} {}", self.backend, self.precision)
+    }
+
+    /// Runs `job` on the selected backend, on its default device.
+    pub fn run<J: Job>(&self, job: J) -> J::Output {
+        #[allow(unused_imports)]
+        use burn::tensor::{bf16, f16};
+        match (self.backend.as_str(), self.precision) {
+            #[cfg(feature = "cuda")]
+            ("cuda", Precision::F32) => job.run::<Cuda<f32>>(Default::default()),
+            #[cfg(feature = "cuda")]
+            ("cuda", Precision::F16) => job.run::<Cuda<f16>>(Default::default()),
+            #[cfg(feature = "cuda")]
+            ("cuda", Precision::Bf16) => job.run::<Cuda<bf16>>(Default::default()),
+            #[cfg(feature = "wgpu")]
+            ("wgpu", Precision::F32) => job.run::<Gpu<f32>>(Default::default()),
+            #[cfg(feature = "wgpu")]
+            ("wgpu", _) => job.run::<Gpu<f16>>(Default::default()),
+            _ => job.run::<Cpu>(Default::default()),
+        }
     }
 }
 
-/// Checks that `backend` is compiled in and runs `precision`; the error lists what would do.
-pub fn check(backend: &str, precision: Precision) -> Result<(), String> {
-    let compiled = compiled();
-    if !compiled.contains(&backend) {
-        return Err(format!(
-            "backend `{backend}` is not compiled into this binary (available: {})",
-            compiled.join(", ")
-        ));
-    }
-    let ok = precisions(backend);
-    if !ok.contains(&precision) {
-        let list: Vec<String> = ok.iter().map(ToString::to_string).collect();
-        return Err(format!(
-            "backend `{backend}` does not compute in {precision} (it does: {})",
-            list.join(", ")
-        ));
-    }
-    #[cfg(feature = "wgpu")]
-    if backend == "wgpu" && precision == Precision::F16 {
-        use burn::tensor::{DType, backend::Backend};
-        if !Gpu::<f32>::supports_dtype(&Default::default(), DType::F16) {
-            return Err("this GPU adapter has no shader-f16: use --dtype f32".into());
-        }
-    }
-    Ok(())
+/// Whether the default wgpu adapter has `shader-f16`; an error when there is no adapter (wgpu
+/// panics then: the panic is kept from printing, and becomes the message).
+#[cfg(feature = "wgpu")]
+fn gpu_has_f16() -> Result<bool, String> {
+    use burn::tensor::DType;
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let probe =
+        std::panic::catch_unwind(|| Gpu::<f32>::supports_dtype(&Default::default(), DType::F16));
+    std::panic::set_hook(hook);
+    probe.map_err(|_| {
+        "no GPU adapter found for --backend wgpu (Vulkan, Metal or DX12; on Linux install a Vulkan driver such as mesa-vulkan-drivers)".to_string()
+    })
 }
 
 /// Lets freed memory serve the next allocations instead of going back to the system, and keeps

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
-use fastvithd::{APPLE_PREFIX, FastVitHd, FastVitHdConfig, WeightNaming};
-use qwen2_decoder::Qwen2;
+use fastvithd::{FastVitHd, FastVitHdConfig};
+use qwen2_decoder::{LoadError, Qwen2};
 use vlm_projector::Projector;
 
 use crate::config::{ConfigError, FastVlmConfig};
@@ -16,9 +16,7 @@ use crate::image::{ImageError, Rgb8, preprocess};
 use crate::prompt::{IMAGE_TOKEN_INDEX, Message, qwen2_prompt, tokenize_with_image};
 use crate::tokenizer::{Tokenizer, TokenizerError};
 use crate::weights::{Weights, WeightsError};
-
-/// Prefix of the projector's tensors in FastVLM checkpoints.
-pub const PROJECTOR_PREFIX: &str = "model.mm_projector.";
+use vlm_kernels::loader::NameMap;
 
 /// Anything that stops a request or a model load, with what it concerns.
 #[derive(Debug, thiserror::Error)]
@@ -33,19 +31,20 @@ pub enum PipelineError {
     Tokenizer(#[from] TokenizerError),
     #[error(transparent)]
     Image(#[from] ImageError),
-    #[error("vision tower: {0}")]
-    Encoder(#[from] fastvithd::LoadError),
-    #[error("projector: {0}")]
-    Projector(#[from] vlm_projector::LoadError),
-    #[error("language model: {0}")]
-    Decoder(#[from] qwen2_decoder::LoadError),
-    #[error("vision tower: no `{0}patch_embed.0.reparam_conv.weight` in the checkpoint")]
+    #[error("{part}: {source}")]
+    Load {
+        /// `vision tower`, `projector` or `language model`.
+        part: &'static str,
+        #[source]
+        source: LoadError,
+    },
+    #[error("vision tower: no `{0}` in the checkpoint")]
     NoVisionTower(String),
     #[error(
         "vision tower: {count} tensor(s) the network does not use, e.g. `{example}` (blocks missing in between?)"
     )]
     UnusedTensors { count: usize, example: String },
-    #[error("mm_hidden_size is {config} but the vision tower gives {tower} channels")]
+    #[error("the projector takes {config} channels but the vision tower gives {tower}")]
     HiddenMismatch { config: usize, tower: usize },
     #[error(
         "the prompt is {tokens} tokens ({image} of them image tokens); this model accepts at most {limit}"
@@ -130,17 +129,29 @@ impl<B: Backend> FastVlm<B> {
         if !dir.is_dir() {
             return Err(PipelineError::NoDirectory(dir.to_path_buf()));
         }
-        let mut config = FastVlmConfig::from_file(&dir.join("config.json"))?;
+        let mut config = FastVlmConfig::from_dir(dir)?;
         let weights = Weights::open(dir)?;
         let tokenizer = Tokenizer::from_dir(dir)?;
+        let names = |part: &'static str, map: Option<NameMap>| {
+            map.ok_or(PipelineError::Load {
+                part,
+                source: LoadError::Config(format!(
+                    "{:?} checkpoints do not hold one",
+                    config.convention
+                )),
+            })
+        };
+        let vision = names("vision tower", fastvithd::names(config.convention))?;
+        let projector_names = names("projector", vlm_projector::names(config.convention))?;
+        let decoder_names = names("language model", qwen2_decoder::names(config.convention))?;
 
-        let naming = WeightNaming::default();
         let shape_of = |n: &str| weights.shape(n).map(<[usize]>::to_vec);
-        config.encoder = FastVitHdConfig::from_checkpoint(&naming, &shape_of)
-            .ok_or_else(|| PipelineError::NoVisionTower(APPLE_PREFIX.to_string()))?;
-        if config.encoder.out_channels() != config.mm_hidden_size {
+        config.encoder = FastVitHdConfig::from_checkpoint(&vision, &shape_of).ok_or_else(|| {
+            PipelineError::NoVisionTower(vision.resolve("patch_embed.0.reparam_conv.weight"))
+        })?;
+        if config.encoder.out_channels() != config.projector.in_features {
             return Err(PipelineError::HiddenMismatch {
-                config: config.mm_hidden_size,
+                config: config.projector.in_features,
                 tower: config.encoder.out_channels(),
             });
         }
@@ -153,27 +164,18 @@ impl<B: Backend> FastVlm<B> {
             progress(used.len() as f32 / total as f32);
             weights.get(name)
         };
-        let encoder = FastVitHd::load(&config.encoder, &naming, &mut source, device)?;
-        let projector = Projector::load(
-            config.projector,
-            config.mm_hidden_size,
-            config.decoder.hidden_size,
-            PROJECTOR_PREFIX,
-            &mut source,
-            device,
-        )?;
-        let decoder = Qwen2::load_blocked(
-            &config.decoder,
-            "",
-            &mut source,
-            device,
-            vocab_block_bytes::<B>(device),
-        )?;
+        let part = |part| move |source| PipelineError::Load { part, source };
+        let encoder = FastVitHd::load(&config.encoder, &vision, &mut source, device)
+            .map_err(part("vision tower"))?;
+        let projector = Projector::load(&config.projector, &projector_names, &mut source, device)
+            .map_err(part("projector"))?;
+        let decoder = Qwen2::load(&config.decoder, &decoder_names, &mut source, device)
+            .map_err(part("language model"))?;
         let unused: Vec<&str> = weights
             .names()
             .into_iter()
-            .filter(|n| n.starts_with(APPLE_PREFIX) && !used.contains(*n))
-            .filter(|n| !n.ends_with("num_batches_tracked") && !n.ends_with("head.proj"))
+            .filter(|n| n.starts_with(vision.prefix()) && !used.contains(*n))
+            .filter(|n| !n.ends_with("num_batches_tracked") && !n.contains("head.proj"))
             .collect();
         if let Some(example) = unused.first() {
             return Err(PipelineError::UnusedTensors {
@@ -275,22 +277,12 @@ impl<B: Backend> FastVlm<B> {
             });
         }
 
-        // Splice: text pieces embedded, the image tokens in place of the placeholder.
-        let mut pieces = Vec::new();
-        let mut image = image;
-        for (i, chunk) in ids.split(|&t| t == IMAGE_TOKEN_INDEX).enumerate() {
-            if i > 0 {
-                pieces.push(image.take().expect("one marker per image, checked above"));
-            }
-            if !chunk.is_empty() {
-                let t = Tensor::<B, 2, Int>::from_data(
-                    TensorData::new(chunk.to_vec(), [1, chunk.len()]),
-                    &self.device,
-                );
-                pieces.push(self.decoder.embed(t));
-            }
-        }
-        let embeds = Tensor::cat(pieces, 1);
+        let embeds = splice(
+            &self.decoder,
+            &ids,
+            image.into_iter().collect(),
+            &self.device,
+        );
 
         let max_new = options
             .max_new_tokens
@@ -410,17 +402,36 @@ impl<B: Backend> FastVlm<B> {
     }
 }
 
-fn ms(since: Instant) -> f64 {
-    since.elapsed().as_secs_f64() * 1e3
+/// Token ids `ids` with an [`IMAGE_TOKEN_INDEX`] placeholder per image → input embeddings
+/// `[1, n, hidden]`: the text pieces embedded, image `i`'s tokens `[1, tokens, hidden]` in place
+/// of placeholder `i` (the reference's `prepare_inputs_labels_for_multimodal`).
+///
+/// # Panics
+/// When the placeholders and the images differ in number (callers count them first).
+pub fn splice<B: Backend>(
+    decoder: &Qwen2<B>,
+    ids: &[i64],
+    images: Vec<Tensor<B, 3>>,
+    device: &B::Device,
+) -> Tensor<B, 3> {
+    let mut images = images.into_iter();
+    let mut pieces = Vec::new();
+    for (i, chunk) in ids.split(|&t| t == IMAGE_TOKEN_INDEX).enumerate() {
+        if i > 0 {
+            pieces.push(images.next().expect("one image per placeholder"));
+        }
+        if !chunk.is_empty() {
+            let t = Tensor::<B, 2, Int>::from_data(
+                TensorData::new(chunk.to_vec(), [1, chunk.len()]),
+                device,
+            );
+            pieces.push(decoder.embed(t));
+        }
+    }
+    assert!(images.next().is_none(), "one placeholder per image");
+    Tensor::cat(pieces, 1)
 }
 
-/// Largest block of the vocabulary tables (token embedding, LM head) on this backend: wgpu caps
-/// one storage binding (128 MiB on lavapipe and many adapters), so it gets blocks under the cap;
-/// the other backends take each table whole, one matrix product and no per-block launches.
-pub fn vocab_block_bytes<B: Backend>(device: &B::Device) -> usize {
-    if B::name(device).contains("wgpu") {
-        qwen2_decoder::vocab::MAX_BLOCK_BYTES
-    } else {
-        usize::MAX
-    }
+fn ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1e3
 }

@@ -12,7 +12,6 @@ pub mod image;
 mod jpeg;
 pub mod prompt;
 pub mod resize;
-pub mod synthetic;
 pub mod tokenizer;
 pub mod weights;
 pub mod zoo;

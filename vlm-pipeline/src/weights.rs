@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::TensorData;
 use memmap2::Mmap;
+use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 
 /// A failure to open a checkpoint's tensor files.
@@ -177,36 +178,17 @@ impl Weights {
     }
 
     /// A tensor's values: floating-point tensors (f64, f32, f16, bf16) as f32, integer and bool
-    /// tensors as i64, so that the model crates see one float type and reject the others by name.
+    /// tensors as i64 ([`vlm_kernels::loader::tensor_data`]), so that the model crates see one
+    /// float type and reject the others by name. Other types (8-bit floats, unsigned words)
+    /// come back as raw bytes, which no model tensor accepts: the loader names the tensor and
+    /// its unexpected shape.
     pub fn get(&self, name: &str) -> Option<TensorData> {
         let e = self.entries.get(name)?;
         let bytes = &self.files[e.file].1[e.start..e.end];
-        let shape = e.shape.clone();
-        let data = match e.dtype {
-            Dtype::F32 => TensorData::new(decode(bytes, |b: [u8; 4]| f32::from_le_bytes(b)), shape),
-            Dtype::F16 => TensorData::new(
-                decode(bytes, |b: [u8; 2]| half::f16::from_le_bytes(b).to_f32()),
-                shape,
-            ),
-            Dtype::BF16 => TensorData::new(
-                decode(bytes, |b: [u8; 2]| half::bf16::from_le_bytes(b).to_f32()),
-                shape,
-            ),
-            Dtype::F64 => TensorData::new(
-                decode(bytes, |b: [u8; 8]| f64::from_le_bytes(b) as f32),
-                shape,
-            ),
-            Dtype::I64 => TensorData::new(decode(bytes, i64::from_le_bytes), shape),
-            Dtype::I32 => TensorData::new(
-                decode(bytes, |b: [u8; 4]| i32::from_le_bytes(b) as i64),
-                shape,
-            ),
-            Dtype::BOOL | Dtype::U8 => {
-                TensorData::new(bytes.iter().map(|&b| b as i64).collect::<Vec<_>>(), shape)
-            }
-            // Other types (8-bit floats, unsigned ints) come back as raw bytes, which no model
-            // tensor accepts: the loader names the tensor and its unexpected shape.
-            _ => TensorData::new(bytes.to_vec(), [bytes.len()]),
+        let raw = || TensorData::new(bytes.to_vec(), [bytes.len()]);
+        let data = match TensorView::new(e.dtype, e.shape.clone(), bytes) {
+            Ok(view) => vlm_kernels::loader::tensor_data(&view).unwrap_or_else(|_| raw()),
+            Err(_) => raw(),
         };
         Some(data)
     }
@@ -215,11 +197,4 @@ impl Weights {
     pub fn dtype(&self, name: &str) -> Option<String> {
         self.entries.get(name).map(|e| format!("{:?}", e.dtype))
     }
-}
-
-fn decode<const N: usize, T>(bytes: &[u8], f: impl Fn([u8; N]) -> T) -> Vec<T> {
-    bytes
-        .chunks_exact(N)
-        .map(|c| f(c.try_into().expect("chunks_exact yields N bytes")))
-        .collect()
 }

@@ -1,6 +1,9 @@
 //! The multimodal projector of LLaVA-family models (FastVLM uses `mlp2x_gelu`): image features
 //! `[batch, tokens, 3072]` → language-model embeddings `[batch, tokens, hidden]`.
 
-mod projector;
+mod config;
+mod model;
 
-pub use projector::{LoadError, Projector, ProjectorKind};
+pub use config::{ProjectorConfig, ProjectorKind};
+pub use model::{Projector, names};
+pub use vlm_kernels::loader::{Convention, LoadError};

@@ -1,7 +1,7 @@
 """Deterministic weights and images both the Python reference and the Rust tests can compute.
 
 Every value is a pure function of (seed, tensor name, element index) through SplitMix64 and
-float32 arithmetic only, so Rust (`vlm-pipeline/tests/common/formula.rs`) reproduces it bit for
+float32 arithmetic only, so Rust (`vlm-kernels/src/testing.rs`) reproduces it bit for
 bit and full-size networks can be checked without committing their weights.
 """
 import math

@@ -21,16 +21,14 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
-use benches::{
-    PROMPT_PREFIX, PROMPT_SUFFIX, Pipeline, decoder_05b, decoder_random, encoder, image,
-    projector_05b, qwen2_shape, sync,
-};
+use benches::{Pipeline, SEED, decoder, encoder, image, projector_05b, sync};
 use burn::tensor::activation::gelu;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::{attention, conv2d};
 use burn::tensor::ops::{AttentionModuleOptions, ConvOptions};
 use burn::tensor::{Distribution, Tensor};
-use vlm_pipeline::backend::{self, Precision};
+use qwen2_decoder::Qwen2Config;
+use vlm_pipeline::backend::{self, Job, Precision, Selection};
 
 fn flag(args: &[String], name: &str) -> Option<String> {
     args.iter()
@@ -47,34 +45,40 @@ fn main() -> ExitCode {
     }
     backend::keep_compiled_kernels();
     backend::keep_freed_memory();
-    let backend_name =
-        flag(&args, "--backend").unwrap_or_else(|| backend::compiled()[0].to_string());
     let precision = match flag(&args, "--dtype").map(|d| d.parse::<Precision>()) {
-        Some(Ok(p)) => p,
+        Some(Ok(p)) => Some(p),
         Some(Err(e)) => {
             eprintln!("error: {e}");
             return ExitCode::FAILURE;
         }
-        None => backend::default_precision(&backend_name),
+        None => None,
     };
-    if let Err(e) = backend::check(&backend_name, precision) {
-        eprintln!("error: {e}");
-        return ExitCode::FAILURE;
+    let selection = match flag(&args, "--backend") {
+        Some(name) => Selection::new(&name, precision),
+        None => Selection::new(backend::compiled()[0], precision),
+    };
+    match selection {
+        Ok(selection) => {
+            let backend = selection.backend.clone();
+            selection.run(Bench { args, backend })
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
     }
-    #[allow(unused_imports)]
-    use burn::tensor::{bf16, f16};
-    match (backend_name.as_str(), precision) {
-        #[cfg(feature = "cuda")]
-        ("cuda", Precision::F32) => run::<backend::Cuda<f32>>(&args, &backend_name),
-        #[cfg(feature = "cuda")]
-        ("cuda", Precision::F16) => run::<backend::Cuda<f16>>(&args, &backend_name),
-        #[cfg(feature = "cuda")]
-        ("cuda", Precision::Bf16) => run::<backend::Cuda<bf16>>(&args, &backend_name),
-        #[cfg(feature = "wgpu")]
-        ("wgpu", Precision::F32) => run::<backend::Gpu<f32>>(&args, &backend_name),
-        #[cfg(feature = "wgpu")]
-        ("wgpu", _) => run::<backend::Gpu<f16>>(&args, &backend_name),
-        _ => run::<backend::Cpu>(&args, &backend_name),
+}
+
+/// The measurements, on the backend type the selection picked.
+struct Bench {
+    args: Vec<String>,
+    backend: String,
+}
+
+impl Job for Bench {
+    type Output = ExitCode;
+    fn run<B: Backend>(self, _device: B::Device) -> ExitCode {
+        run::<B>(&self.args, &self.backend)
     }
 }
 
@@ -85,7 +89,7 @@ fn run<B: Backend>(args: &[String], backend_name: &str) -> ExitCode {
         .max(1);
     let device = B::Device::default();
     let dtype = format!("{:?}", Tensor::<B, 1>::zeros([1], &device).dtype()).to_lowercase();
-    let cubecl = fastvithd::uses_cubecl_kernels::<B>() || qwen2_decoder::uses_cubecl_kernels::<B>();
+    let cubecl = vlm_kernels::ops::uses_cubecl_kernels::<B>();
     // A partial switch (`FASTVLM_CUBECL_KERNELS=attention,rotary`) is named in the tag.
     let kernels = match std::env::var("FASTVLM_CUBECL_KERNELS") {
         _ if !cubecl => "burn".to_string(),
@@ -115,7 +119,7 @@ fn run<B: Backend>(args: &[String], backend_name: &str) -> ExitCode {
         }
         Some("decode") => {
             let shape = flag(args, "--shape").unwrap_or_else(|| "0.5b".into());
-            let Some(config) = qwen2_shape(&shape) else {
+            let Some(config) = Qwen2Config::fastvlm(&shape) else {
                 eprintln!("error: unknown --shape `{shape}` (0.5b, 1.5b, 7b)");
                 return ExitCode::FAILURE;
             };
@@ -133,7 +137,7 @@ fn run<B: Backend>(args: &[String], backend_name: &str) -> ExitCode {
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(256);
             let shape = flag(args, "--shape").unwrap_or_else(|| "0.5b".into());
-            let Some(config) = qwen2_shape(&shape) else {
+            let Some(config) = Qwen2Config::fastvlm(&shape) else {
                 eprintln!("error: unknown --shape `{shape}` (0.5b, 1.5b, 7b)");
                 return ExitCode::FAILURE;
             };
@@ -216,7 +220,7 @@ fn run_encoder<B: Backend>(tag: &Tag, resolutions: &[usize], iters: usize) -> Ex
 
 fn run_decoder<B: Backend>(tag: &Tag, iters: usize) -> ExitCode {
     let device = Default::default();
-    let model = decoder_05b::<B>(&device);
+    let model = decoder::<B>("0.5b", &device).expect("a released size");
     let projector = projector_05b::<B>(&device);
     let features = Tensor::<B, 3>::random([1, 256, 3072], Distribution::Normal(0.0, 0.1), &device);
     measure(tag, "projector", iters, || {
@@ -251,7 +255,7 @@ fn run_pipeline<B: Backend>(tag: &Tag, iters: usize, tokens: usize) -> ExitCode 
     let pipeline = Pipeline::<B>::new(&device);
     let pixels = image::<B>(1024, &device);
     measure(tag, "pipeline/ttft_1024", iters, || {
-        pipeline.first_token(pixels.clone(), &PROMPT_PREFIX, &PROMPT_SUFFIX, &device)
+        pipeline.first_token(pixels.clone(), &device)
     });
     // Greedy decoding after the 280-position prompt, one id to the host per token.
     let decoder = &pipeline.decoder;
@@ -323,7 +327,9 @@ fn run_decode<B: Backend>(
 ) -> ExitCode {
     let device = Default::default();
     let t = Instant::now();
-    let decoder = decoder_random::<B>(config, max_block_bytes, &device);
+    let decoder = config
+        .init_blocked::<B>(&device, SEED, max_block_bytes)
+        .expect("a released configuration");
     sync::<B>(&device);
     eprintln!(
         "{shape}: weights drawn in {:.1} s",
@@ -525,8 +531,10 @@ fn run_profile<B: Backend>(tag: &Tag, iters: usize) -> ExitCode {
     // A 0.5B decoding step's parts after a 280-position prompt, with the vocabulary tables in
     // one block and in wgpu's 128 MiB blocks.
     for (label, block) in [("one", usize::MAX), ("128MiB", 128 << 20)] {
-        let config = qwen2_shape("0.5b").expect("known shape");
-        let decoder = decoder_random::<B>(&config, block, &device);
+        let config = Qwen2Config::fastvlm("0.5b").expect("a released size");
+        let decoder = config
+            .init_blocked::<B>(&device, SEED, block)
+            .expect("a released configuration");
         let prompt = Tensor::<B, 3>::random([1, 280, 896], normal(0.05), &device);
         let mut cache = decoder
             .new_cache(1, 280 + 8 * (iters + 1) + 64, &device)
@@ -620,7 +628,9 @@ fn run_launches<B: Backend>(
         return ExitCode::SUCCESS;
     }
 
-    let decoder = decoder_random::<B>(config, vocab_block_bytes::<B>(), &device);
+    let decoder = config
+        .init::<B>(&device, SEED)
+        .expect("a released configuration");
     let h = config.hidden_size;
     let prompt =
         Tensor::<B, 3>::random([1, prompt_len, h], Distribution::Normal(0.0, 0.05), &device);
@@ -649,11 +659,6 @@ fn run_launches<B: Backend>(
     report(&format!("launches/decode/{shape}/step"), launches);
     launch_log::remove();
     ExitCode::SUCCESS
-}
-
-/// The vocabulary block size the pipeline would use on `B`.
-fn vocab_block_bytes<B: Backend>() -> usize {
-    vlm_pipeline::fastvlm::vocab_block_bytes::<B>(&Default::default())
 }
 
 /// CubeCL's kernel execution log, for `launches`.

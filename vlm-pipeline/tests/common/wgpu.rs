@@ -4,33 +4,29 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::panic::AssertUnwindSafe;
 
-use burn::backend::Wgpu;
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Int, Tensor, TensorData};
-use fastvithd::{FastVitHd, FastVitHdConfig, WeightNaming};
+use burn::tensor::{Int, Tensor, TensorData};
+use fastvithd::{Convention, FastVitHd, FastVitHdConfig};
 use qwen2_decoder::{Qwen2, Qwen2Config};
-use vlm_pipeline::{FastVlm, GenerationOptions, Message, Request, Role, Weights, image, synthetic};
+use vlm_kernels::testing::image as formula_image;
+use vlm_pipeline::{FastVlm, GenerationOptions, Message, Request, Role, Weights, image};
 
 use super::{QWEN2_CASES, Qwen2Case, fixtures, qwen2_case, rel_l2};
 
-/// Whether a wgpu adapter exists (wgpu panics when it finds none).
-pub fn adapter(dtype: DType) -> bool {
-    let found = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        Wgpu::<f32>::supports_dtype(&Default::default(), dtype)
-    }));
-    match found {
-        Ok(supported) => supported,
-        Err(_) => {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "no Vulkan adapter: CI must install mesa-vulkan-drivers (lavapipe)"
-            );
-            eprintln!("skipped: no wgpu adapter (apt-get install mesa-vulkan-drivers)");
-            false
-        }
-    }
+/// Whether a wgpu adapter exists that computes in `dtype`.
+pub fn adapter(dtype: burn::tensor::DType) -> bool {
+    vlm_kernels::testing::wgpu_adapter(dtype)
+}
+
+/// Qwen2's tensors named as Apple's checkpoints (Hugging Face's) name them.
+fn qwen2_names() -> vlm_kernels::loader::NameMap {
+    qwen2_decoder::names(Convention::Apple).unwrap()
+}
+
+/// FastViTHD's tensors named as Apple's checkpoints name them.
+fn fastvithd_names() -> vlm_kernels::loader::NameMap {
+    fastvithd::names(Convention::Apple).unwrap()
 }
 
 pub fn host<B: Backend, const D: usize>(w: &Weights, name: &str) -> Tensor<B, D> {
@@ -39,20 +35,20 @@ pub fn host<B: Backend, const D: usize>(w: &Weights, name: &str) -> Tensor<B, D>
 
 /// The shrunk FastViTHD of `fastvithd_parity` (Apple names, bf16 file) at 2×192² and 160×224.
 pub fn fastvithd<B: Backend>(tol: f64, what: &str) {
-    let config = FastVitHdConfig::new()
+    let config = FastVitHdConfig::default()
         .with_layers([2, 2, 3, 2, 2])
         .with_embed_dims([8, 16, 32, 64, 128]);
     let weights = Weights::open(&fixtures().join("fastvithd/tiny_apple.safetensors")).unwrap();
     let model = FastVitHd::<B>::load(
         &config,
-        &WeightNaming::default(),
+        &fastvithd_names(),
         &mut |n| weights.get(n),
         &Default::default(),
     )
     .unwrap();
     let io = Weights::open(&fixtures().join("fastvithd/tiny_io.safetensors")).unwrap();
     for (tag, shape) in [("square", [2, 3, 192, 192]), ("wide", [1, 3, 160, 224])] {
-        let values = synthetic::image(2024, &format!("image_{tag}"), shape.iter().product());
+        let values = formula_image(2024, &format!("image_{tag}"), shape.iter().product());
         let x = Tensor::<B, 4>::from_data(TensorData::new(values, shape), &Default::default());
         let err = rel_l2(
             model.forward(x),
@@ -76,7 +72,7 @@ pub fn qwen2<B: Backend>(tol: f64, what: &str) {
         // Small blocks, so the vocabulary splitting that real models need on wgpu runs here.
         let model = Qwen2::<B>::load_blocked(
             &config,
-            "",
+            &qwen2_names(),
             &mut |n| weights.get(n).cloned(),
             &device,
             64 * config.hidden_size * 4,
@@ -143,29 +139,26 @@ pub fn prefill_batch2<B: Backend>(
 /// dimension), checked against flex: FastViTHD at 2×64² (stage 4 sees one token per image) and a
 /// one-token Qwen2 prefill with grouped keys (one cached position), then a step.
 pub fn edges<B: Backend>(tol: f64, what: &str) {
-    let config = FastVitHdConfig::new()
+    let config = FastVitHdConfig::default()
         .with_layers([2, 2, 3, 2, 2])
         .with_embed_dims([8, 16, 32, 64, 128]);
     let weights = Weights::open(&fixtures().join("fastvithd/tiny_apple.safetensors")).unwrap();
-    let load = |device: &_| {
-        FastVitHd::<super::Cpu>::load(
-            &config,
-            &WeightNaming::default(),
-            &mut |n| weights.get(n),
-            device,
-        )
-        .unwrap()
-    };
-    let flex = load(&Default::default());
+    let flex = FastVitHd::<super::Cpu>::load(
+        &config,
+        &fastvithd_names(),
+        &mut |n| weights.get(n),
+        &Default::default(),
+    )
+    .unwrap();
     let model = FastVitHd::<B>::load(
         &config,
-        &WeightNaming::default(),
+        &fastvithd_names(),
         &mut |n| weights.get(n),
         &Default::default(),
     )
     .unwrap();
     let shape = [2, 3, 64, 64];
-    let pixels = TensorData::new(synthetic::image(7, "edge", shape.iter().product()), shape);
+    let pixels = TensorData::new(formula_image(7, "edge", shape.iter().product()), shape);
     let want = flex.forward(Tensor::from_data(pixels.clone(), &Default::default()));
     let got = model.forward(Tensor::<B, 4>::from_data(pixels, &Default::default()));
     let err = rel_l2(on_cpu(got), want);
@@ -184,8 +177,13 @@ pub fn edges<B: Backend>(tol: f64, what: &str) {
         prompt: &[i64],
     ) -> Vec<Tensor<C, 3>> {
         let device = Default::default();
-        let model =
-            Qwen2::<C>::load(config, "", &mut |n| weights.get(n).cloned(), &device).unwrap();
+        let model = Qwen2::<C>::load(
+            config,
+            &qwen2_names(),
+            &mut |n| weights.get(n).cloned(),
+            &device,
+        )
+        .unwrap();
         let mut cache = model.new_cache(1, 2, &device).unwrap();
         let prefill = model.forward(ids(vec![prompt[1]], 1), &mut cache).unwrap();
         let step = model.forward(ids(vec![prompt[0]], 1), &mut cache).unwrap();

@@ -7,9 +7,10 @@ use burn_cubecl::cubecl::prelude::*;
 use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 
-use crate::gemv::{COLUMNS, MAX_NORMED, RowCube, RowNorm, partial_dot, reduce_slices, stage_norm};
-use crate::rotary::owned;
-use crate::{CubeKernel, float};
+use super::gemv::{COLUMNS, MAX_NORMED, RowCube, partial_dot, reduce_slices, stage_norm};
+use super::rotary::owned;
+use super::{CubeKernel, float};
+use crate::ops::RowNorm;
 
 /// Pairs of rotary partners per cube: a cube's [`COLUMNS`] columns are channels `i` and
 /// `i + d/2` of 8 pairs, so the rotation reads both from the cube's shared memory.
@@ -150,7 +151,7 @@ fn qkv_rotary_kernel<F: Float>(
 /// `rotary_append`): three launches.
 ///
 /// # Panics
-/// Unless [`crate::available`] holds for `B` and `Kernel::QkvRotary`, and
+/// Unless [`super::available`] holds for `B` and `Kernel::QkvRotary`, and
 /// [`qkv_rotary_append_fits`] for the tensors.
 #[allow(clippy::too_many_arguments)]
 pub fn qkv_rotary_append<B: Backend>(
@@ -190,7 +191,7 @@ pub fn qkv_rotary_append<B: Backend>(
     inputs.extend(biases.into_iter().flat_map(|b| b.map(float)));
     inputs.extend([cos, sin, keys, values].map(float));
     inputs.extend(norm.map(|n| float(n.weight)));
-    let [q, keys, values] = crate::run_all(&kernel, inputs)
+    let [q, keys, values] = super::run_all(&kernel, inputs)
         .try_into()
         .unwrap_or_else(|_| unreachable!("three outputs"));
     (q, keys, values)

@@ -6,7 +6,7 @@ use burn_cubecl::cubecl::{calculate_cube_count_elemwise, prelude::*};
 use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 
-use crate::{CubeKernel, float};
+use super::{CubeKernel, float};
 
 /// Rotates `x`'s channel `i` at position `p` of `[.., n, d]` by the tables: `x·cos +
 /// rotate_half(x)·sin` with the half partner read in place.
@@ -134,7 +134,7 @@ pub fn rotary_append_fits<B: Backend>(
 /// In burn's ops that is four launches or more (two rotations, two slice assignments).
 ///
 /// # Panics
-/// Unless [`crate::available`] holds for `B` and `Kernel::Rotary`, and [`rotary_append_fits`]
+/// Unless [`super::available`] holds for `B` and `Kernel::Rotary`, and [`rotary_append_fits`]
 /// for the tensors.
 #[allow(clippy::too_many_arguments)]
 pub fn rotary_append<B: Backend>(
@@ -157,7 +157,7 @@ pub fn rotary_append<B: Backend>(
         keys.dims()
     );
     let inputs = [q, k, v, cos, sin, keys, values].map(float).to_vec();
-    let [q, keys, values] = crate::run_all(&RotaryAppend { start }, inputs)
+    let [q, keys, values] = super::run_all(&RotaryAppend { start }, inputs)
         .try_into()
         .unwrap_or_else(|_| unreachable!("three outputs"));
     (q, keys, values)

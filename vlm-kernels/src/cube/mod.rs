@@ -1,5 +1,24 @@
-//! Launching a [`CubeKernel`] on the runtime behind `B`, with or without burn's fusion, and
-//! the switches that pick kernels.
+//! The CubeCL kernels behind [`crate::ops`] on burn's wgpu and CUDA backends, and their launch
+//! on the runtime behind `B` (through burn's fusion stream when `B` fuses).
+//!
+//! Each kernel comes with a `*_fits` check (or `fits` method) that says which tensors it takes;
+//! the ops call a kernel only where [`available`] and that check hold. They are public for their
+//! parity tests (`vlm-kernels/tests/wgpu.rs`) and for timing them against burn's ops.
+
+mod attention;
+mod decode_attention;
+mod depthwise;
+mod gemv;
+mod qkv_rotary;
+mod rms_norm;
+mod rotary;
+
+pub use attention::{KvAttention, attention};
+pub use depthwise::depthwise_conv2d;
+pub use gemv::{RowProjection, linear_row, linear_row_fits};
+pub use qkv_rotary::{qkv_rotary_append, qkv_rotary_append_fits};
+pub use rms_norm::{rms_norm, rms_norm_fits};
+pub use rotary::{rotary_append, rotary_append_fits};
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -11,6 +30,7 @@ use burn_fusion::stream::{Operation, OperationStreams};
 use burn_fusion::{FusionRuntime, FusionTensor};
 use burn_ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
 
+pub use crate::ops::Kernel;
 use crate::{cast, is};
 
 /// A kernel with float tensor inputs and float outputs, launched on any CubeCL runtime.
@@ -27,37 +47,6 @@ pub(crate) trait CubeKernel: fmt::Debug + Clone + Send + Sync + 'static {
 /// The inner backend a fused CubeCL tensor resolves to. Its float element only names a default:
 /// CubeCL tensors carry their dtype, so one instance serves f32, f16 and bf16 alike.
 type Inner<R> = CubeBackend<R, f32, i32, u32>;
-
-/// The kernels of this crate, each switched on or off by `FASTVLM_CUBECL_KERNELS`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Kernel {
-    /// [`depthwise_conv2d`].
-    Depthwise,
-    /// [`attention`].
-    Attention,
-    /// [`rotary_append`].
-    Rotary,
-    /// [`linear_row`].
-    Gemv,
-    /// [`rms_norm`].
-    RmsNorm,
-    /// [`qkv_rotary_append`]: `linear_row` and `rotary_append` fused for a decoding step.
-    QkvRotary,
-}
-
-impl Kernel {
-    /// The kernel's name in `FASTVLM_CUBECL_KERNELS`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Kernel::Depthwise => "depthwise",
-            Kernel::Attention => "attention",
-            Kernel::Rotary => "rotary",
-            Kernel::Gemv => "gemv",
-            Kernel::RmsNorm => "rms_norm",
-            Kernel::QkvRotary => "qkv_rotary",
-        }
-    }
-}
 
 /// Whether `kernel` is switched on: `FASTVLM_CUBECL_KERNELS` unset, `on` or `all` runs every
 /// kernel, `off` none (burn's ops throughout), and a comma-separated list of names (see
@@ -95,7 +84,7 @@ pub fn available<B: Backend>(kernel: Kernel) -> bool {
     cubecl_backend::<B>() && switched_on(kernel)
 }
 
-/// `t`'s float primitive, as the kernels take it (the models hold no quantized tensors).
+/// `t`'s float primitive, as the kernels take it.
 pub(crate) fn float<B: Backend, const D: usize>(t: Tensor<B, D>) -> B::FloatTensorPrimitive {
     t.into_primitive().tensor()
 }

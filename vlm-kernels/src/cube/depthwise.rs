@@ -6,7 +6,8 @@ use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{CubeRuntime, kernel::into_contiguous};
 
-use crate::{CubeKernel, Depthwise, float, run};
+use super::{CubeKernel, float, run};
+use crate::Depthwise;
 
 impl Depthwise {
     /// Whether [`depthwise_conv2d`] takes these tensors: the per-channel convolution this
@@ -32,7 +33,7 @@ impl Depthwise {
 /// own kernel and leaves bias and activation to further launches).
 ///
 /// # Panics
-/// Unless [`crate::available`] holds for `B` and `Kernel::Depthwise` and [`Depthwise::fits`] for the tensors.
+/// Unless [`super::available`] holds for `B` and `Kernel::Depthwise` and [`Depthwise::fits`] for the tensors.
 pub fn depthwise_conv2d<B: Backend>(
     x: BurnTensor<B, 4>,
     weight: BurnTensor<B, 4>,

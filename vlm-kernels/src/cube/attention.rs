@@ -7,8 +7,8 @@ use burn_cubecl::cubecl::prelude::*;
 use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 
-use crate::decode_attention::DecodeAttention;
-use crate::{CubeKernel, float, run};
+use super::decode_attention::DecodeAttention;
+use super::{CubeKernel, float, run};
 
 /// Which keys and values [`attention`] reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,7 +59,7 @@ impl KvAttention {
 /// the weighted sum, and copies for repeated kv heads).
 ///
 /// # Panics
-/// Unless [`crate::available`] holds for `B` and `Kernel::Attention` and [`KvAttention::fits`] for the tensors.
+/// Unless [`super::available`] holds for `B` and `Kernel::Attention` and [`KvAttention::fits`] for the tensors.
 pub fn attention<B: Backend>(
     q: BurnTensor<B, 4>,
     k: BurnTensor<B, 4>,

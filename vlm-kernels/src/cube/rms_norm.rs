@@ -6,7 +6,7 @@ use burn_cubecl::cubecl::prelude::*;
 use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 
-use crate::{CubeKernel, float, run};
+use super::{CubeKernel, float, run};
 
 /// Threads per row (every backend's workgroup limit; a power of two).
 const THREADS: usize = 256;
@@ -71,7 +71,7 @@ fn rms_norm_kernel<F: Float>(
 /// One launch, where burn 0.21 takes a reduction and its elementwise launches around it.
 ///
 /// # Panics
-/// Unless [`crate::available`] holds for `B` and `Kernel::RmsNorm`, and [`rms_norm_fits`] for
+/// Unless [`super::available`] holds for `B` and `Kernel::RmsNorm`, and [`rms_norm_fits`] for
 /// the tensors.
 pub fn rms_norm<B: Backend>(
     x: BurnTensor<B, 3>,

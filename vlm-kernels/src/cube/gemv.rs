@@ -8,7 +8,8 @@ use burn_cubecl::cubecl::prelude::*;
 use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 
-use crate::{CubeKernel, float, run};
+use super::{CubeKernel, float, run};
+use crate::ops::RowNorm;
 
 /// Output columns per cube: burn's `[in, out]` weights put columns next to each other, so the
 /// 16 threads of a column block read 32 contiguous bytes of bf16 per input row (a full memory
@@ -266,16 +267,7 @@ pub enum RowProjection {
     SwiGlu,
 }
 
-/// An RMS norm applied to the row before the projections: `weight · x / √(mean(x²) + ε)`,
-/// rounded as `crate::rms_norm` rounds it.
-#[derive(Debug, Clone)]
-pub struct RowNorm<B: Backend> {
-    /// `[in]`.
-    pub weight: BurnTensor<B, 1>,
-    pub eps: f64,
-}
-
-/// Longest input row [`RowNorm`] takes: the cube stages the normalised row in shared memory
+/// Longest input row a [`RowNorm`] takes: the cube stages the normalised row in shared memory
 /// (16 KiB of f32; Qwen2's hidden sizes are 896 to 3584).
 pub(crate) const MAX_NORMED: usize = 4096;
 
@@ -289,7 +281,7 @@ pub(crate) const MAX_NORMED: usize = 4096;
 /// launches.
 ///
 /// # Panics
-/// Unless [`crate::available`] holds for `B` and `Kernel::Gemv`, and [`linear_row_fits`] for
+/// Unless [`super::available`] holds for `B` and `Kernel::Gemv`, and [`linear_row_fits`] for
 /// the tensors.
 pub fn linear_row<B: Backend>(
     x: BurnTensor<B, 3>,

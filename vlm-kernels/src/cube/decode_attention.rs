@@ -6,7 +6,7 @@ use burn_cubecl::cubecl::prelude::*;
 use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 
-use crate::CubeKernel;
+use super::CubeKernel;
 
 /// Positions whose scores a cube holds at once (shared memory: `CHUNK + head_dim` f32s).
 const CHUNK: usize = 256;

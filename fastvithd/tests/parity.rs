@@ -1,38 +1,34 @@
 //! FastViTHD against timm `fastvit_mci3` (inference form, exact softmax attention).
 //! Fixtures: `cargo xtask golden` (xtask/python/fastvithd_golden.py).
 
-mod common;
-
-use std::collections::HashMap;
-
+use burn::backend::Flex;
 use burn::tensor::{Tensor, TensorData};
-use common::{Cpu, fixtures, rel_l2};
-use fastvithd::{FastVitHd, FastVitHdConfig, LoadError, WeightNaming};
-use vlm_pipeline::{Weights, synthetic as formula};
+use fastvithd::{Convention, FastVitHd, FastVitHdConfig, LoadError, names};
+use vlm_kernels::loader::NameMap;
+use vlm_kernels::testing::{self as formula, Fixture, fixtures, rel_l2};
+
+type Cpu = Flex;
 
 /// f32 tolerance for every parity check (rel-L2 over the whole output).
 const TOL: f64 = 1e-4;
 const SEED: u64 = 2024;
 
 fn tiny_config() -> FastVitHdConfig {
-    FastVitHdConfig::new()
+    FastVitHdConfig::default()
         .with_layers([2, 2, 3, 2, 2])
         .with_embed_dims([8, 16, 32, 64, 128])
 }
 
-fn tiny_io() -> Weights {
-    Weights::open(&fixtures().join("fastvithd/tiny_io.safetensors")).unwrap()
+fn fixture(file: &str) -> Fixture {
+    Fixture::open(&fixtures().join("fastvithd").join(file))
 }
 
-fn tensor<const D: usize>(w: &Weights, name: &str) -> Tensor<Cpu, D> {
-    Tensor::from_data(w.get(name).unwrap(), &Default::default())
-}
-
-fn load(file: &str, naming: WeightNaming) -> Result<FastVitHd<Cpu>, LoadError> {
-    let weights = Weights::open(&fixtures().join("fastvithd").join(file)).unwrap();
+fn load(file: &str, convention: Convention) -> Result<FastVitHd<Cpu>, LoadError> {
+    let weights = fixture(file);
+    let names = names(convention).unwrap();
     FastVitHd::load(
         &tiny_config(),
-        &naming,
+        &names,
         &mut |n| weights.get(n),
         &Default::default(),
     )
@@ -50,12 +46,10 @@ fn image(tag: &str) -> Tensor<Cpu, 4> {
 }
 
 fn check_tiny(model: &FastVitHd<Cpu>, what: &str) {
-    let io = tiny_io();
+    let io = fixture("tiny_io.safetensors");
     for tag in ["square", "wide"] {
-        let image = image(tag);
-        let expected = tensor::<4>(&io, &format!("features_{tag}"));
-        let got = model.forward(image);
-        let err = rel_l2(got, expected);
+        let expected = io.tensor::<Cpu, 4>(&format!("features_{tag}"));
+        let err = rel_l2(model.forward(image(tag)), expected);
         println!("{what} {tag}: rel-L2 {err:.3e}");
         assert!(err <= TOL, "{what} {tag}: rel-L2 {err:.3e} > {TOL:e}");
     }
@@ -63,25 +57,19 @@ fn check_tiny(model: &FastVitHd<Cpu>, what: &str) {
 
 #[test]
 fn tiny_apple_bf16_matches_timm_at_two_resolutions() {
-    let model = load("tiny_apple.safetensors", WeightNaming::default()).unwrap();
+    let model = load("tiny_apple.safetensors", Convention::Apple).unwrap();
     check_tiny(&model, "apple bf16");
 }
 
 #[test]
 fn tiny_timm_names_load_through_the_same_table() {
-    let model = load(
-        "tiny_timm.safetensors",
-        WeightNaming::Timm {
-            prefix: String::new(),
-        },
-    )
-    .unwrap();
+    let model = load("tiny_timm.safetensors", Convention::Timm).unwrap();
     check_tiny(&model, "timm f16");
 }
 
 #[test]
 fn tokens_are_the_row_major_map_and_depend_on_the_image() {
-    let model = load("tiny_apple.safetensors", WeightNaming::default()).unwrap();
+    let model = load("tiny_apple.safetensors", Convention::Apple).unwrap();
     let images = image("square");
     let map = model.forward(images.clone());
     assert_eq!(map.dims(), [2, 256, 3, 3]);
@@ -114,31 +102,18 @@ fn tokens_are_the_row_major_map_and_depend_on_the_image() {
 #[test]
 fn released_config_matches_timm_at_256() {
     let config = FastVitHdConfig::released();
-    let weights: HashMap<String, TensorData> = config
-        .checkpoint_tensors()
-        .into_iter()
-        .map(|(name, shape)| {
-            let values = formula::tensor(SEED, &name, &shape);
-            (name, TensorData::new(values, shape))
-        })
-        .collect();
-    let naming = WeightNaming::Apple {
-        prefix: String::new(),
-    };
+    let names = NameMap::prefixed("");
+    let weights = formula::checkpoint(SEED, &config.checkpoint_tensors(), &names);
     let model = FastVitHd::<Cpu>::load(
         &config,
-        &naming,
+        &names,
         &mut |n| weights.get(n).cloned(),
         &Default::default(),
     )
     .unwrap();
     drop(weights);
-    let image = image("released");
-    let expected: Tensor<Cpu, 4> = tensor(
-        &Weights::open(&fixtures().join("fastvithd/released_256.safetensors")).unwrap(),
-        "features",
-    );
-    let got = model.forward(image);
+    let expected = fixture("released_256.safetensors").tensor::<Cpu, 4>("features");
+    let got = model.forward(image("released"));
     assert_eq!(got.dims(), [1, 3072, 4, 4]);
     let err = rel_l2(got, expected);
     println!("released 256: rel-L2 {err:.3e}");
@@ -147,17 +122,40 @@ fn released_config_matches_timm_at_256() {
 
 #[test]
 fn shrunk_config_is_read_off_the_checkpoint() {
-    let weights = Weights::open(&fixtures().join("fastvithd/tiny_apple.safetensors")).unwrap();
-    let shape_of = |n: &str| weights.shape(n).map(<[usize]>::to_vec);
-    let config = FastVitHdConfig::from_checkpoint(&WeightNaming::default(), &shape_of).unwrap();
-    assert_eq!(config, tiny_config());
-    let timm = Weights::open(&fixtures().join("fastvithd/tiny_timm.safetensors")).unwrap();
-    let shape_of = |n: &str| timm.shape(n).map(<[usize]>::to_vec);
-    let naming = WeightNaming::Timm {
-        prefix: String::new(),
-    };
-    assert_eq!(
-        FastVitHdConfig::from_checkpoint(&naming, &shape_of),
-        Some(tiny_config())
+    for (file, convention) in [
+        ("tiny_apple.safetensors", Convention::Apple),
+        ("tiny_timm.safetensors", Convention::Timm),
+    ] {
+        let weights = fixture(file);
+        let shape_of = |n: &str| weights.get(n).map(|d| d.shape.to_vec());
+        let names = names(convention).unwrap();
+        assert_eq!(
+            FastVitHdConfig::from_checkpoint(&names, &shape_of),
+            Some(tiny_config()),
+            "{file}"
+        );
+    }
+}
+
+/// Random weights from `init` keep the activations alive through the whole released network:
+/// finite, not vanishing, and different for different images.
+#[test]
+fn initialised_network_depends_on_its_input() {
+    let model = FastVitHdConfig::released()
+        .init::<Cpu>(&Default::default(), 5)
+        .unwrap();
+    let square = image("square")
+        .narrow(0, 0, 1)
+        .narrow(2, 0, 128)
+        .narrow(3, 0, 128);
+    let wide = image("wide").narrow(2, 0, 128).narrow(3, 0, 128);
+    let (a, b) = (model.forward(square), model.forward(wide));
+    assert_eq!(a.dims(), [1, 3072, 2, 2]);
+    let scale = a.clone().abs().mean().into_scalar();
+    assert!(scale.is_finite() && scale > 1e-3, "mean |feature| {scale}");
+    let change = rel_l2(a, b);
+    assert!(
+        change > 0.05,
+        "output barely depends on the input: {change:.3e}"
     );
 }

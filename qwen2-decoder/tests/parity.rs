@@ -2,32 +2,36 @@
 //! GQA ratios 1, 2 and 7; head_dim 64 and 128; tied and untied heads.
 //! Fixtures: `cargo xtask golden` (xtask/python/qwen2_golden.py); weights from the formula.
 
-mod common;
-
+use burn::backend::Flex;
 use burn::tensor::{Int, Tensor, TensorData};
-use common::{Cpu, QWEN2_CASES, Qwen2Case, qwen2_case, rel_l2};
-use qwen2_decoder::{DecodeError, Qwen2, Qwen2Config};
-use vlm_pipeline::Weights;
+use qwen2_decoder::{Convention, DecodeError, Qwen2, Qwen2Config, names};
+use vlm_kernels::testing::{Fixture, checkpoint, fixtures, rel_l2};
+
+type Cpu = Flex;
 
 const TOL: f64 = 1e-4;
-const CASES: [&str; 3] = QWEN2_CASES;
+/// `fixtures/qwen2/{name}.safetensors`: transformers' outputs and the configuration they were
+/// made with; the weights come from the formula (seed 2025).
+const CASES: [&str; 3] = ["gqa1_hd64_tied", "gqa2_hd128_untied", "gqa7_hd64_tied"];
 
 struct Case {
     config: Qwen2Config,
     model: Qwen2<Cpu>,
-    golden: Weights,
+    golden: Fixture,
 }
 
 fn case(name: &str) -> Case {
-    let Qwen2Case {
-        golden,
-        config,
-        weights,
-        ..
-    } = qwen2_case(name);
+    let golden = Fixture::open(&fixtures().join(format!("qwen2/{name}.safetensors")));
+    let config: Qwen2Config = serde_json::from_str(golden.metadata("config").unwrap()).unwrap();
+    let names = names(Convention::Apple).unwrap();
+    let mut weights = checkpoint(2025, &config.checkpoint_tensors(), &names);
+    // Apple's tied checkpoints still store a head; a tied model must not use it.
+    let shape = [config.vocab_size, config.hidden_size];
+    let junk = TensorData::new(vec![1e3f32; shape[0] * shape[1]], shape);
+    weights.entry("lm_head.weight".into()).or_insert(junk);
     let model = Qwen2::load(
         &config,
-        "",
+        &names,
         &mut |n| weights.get(n).cloned(),
         &Default::default(),
     )
@@ -39,12 +43,12 @@ fn case(name: &str) -> Case {
     }
 }
 
-fn float<const D: usize>(w: &Weights, name: &str) -> Tensor<Cpu, D> {
-    Tensor::from_data(w.get(name).unwrap(), &Default::default())
+fn float<const D: usize>(w: &Fixture, name: &str) -> Tensor<Cpu, D> {
+    w.tensor(name)
 }
 
-fn ids(w: &Weights, name: &str) -> Vec<i64> {
-    w.get(name).unwrap().into_vec::<i64>().unwrap()
+fn ids(w: &Fixture, name: &str) -> Vec<i64> {
+    w.ids(name)
 }
 
 fn id_tensor(ids: &[i64]) -> Tensor<Cpu, 2, Int> {
