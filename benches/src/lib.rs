@@ -6,7 +6,7 @@
 use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
 use fastvithd::{FastVitHd, FastVitHdConfig};
 use qwen2_decoder::{Qwen2, Qwen2Config};
-use vlm_pipeline::fastvlm::splice;
+use vlm_pipeline::fastvlm::{prefill, splice};
 use vlm_pipeline::prompt::IMAGE_TOKEN_INDEX;
 use vlm_projector::{Projector, ProjectorConfig};
 
@@ -71,21 +71,13 @@ impl<B: Backend> Pipeline<B> {
         }
     }
 
-    /// Time to first token: image → image tokens → spliced into [`prompt_ids`] by the
-    /// pipeline's own splice → prefill → the first id on the host (what a user waits for;
+    /// Time to first token: image → image tokens → spliced into [`prompt_ids`] → prefill (the
+    /// pipeline's own `splice` and `prefill`) → the first id on the host (what a user waits for;
     /// tokenising the prompt takes microseconds and is left out).
     pub fn first_token(&self, pixels: Tensor<B, 4>, device: &B::Device) -> u32 {
         let image = self.projector.forward(self.encoder.tokens(pixels));
         let embeds = splice(&self.decoder, &prompt_ids(), vec![image], device);
-        let n = embeds.dims()[1];
-        let mut cache = self
-            .decoder
-            .new_cache(1, n + 1, device)
-            .expect("context fits");
-        let logits = self
-            .decoder
-            .forward_last(embeds, &mut cache)
-            .expect("context fits");
+        let (logits, _) = prefill(&self.decoder, embeds, 1).expect("context fits");
         let id = logits.argmax(1).into_data().convert::<i64>();
         id.into_vec::<i64>().expect("int ids")[0] as u32
     }

@@ -9,7 +9,7 @@ use crate::Qwen2;
 /// `text_config`). Absent optional keys take transformers' `Qwen2Config` defaults; unknown keys
 /// are ignored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(from = "Fields")]
+#[serde(try_from = "Fields")]
 pub struct Qwen2Config {
     pub hidden_size: usize,
     pub intermediate_size: usize,
@@ -18,6 +18,8 @@ pub struct Qwen2Config {
     /// transformers' default: `num_attention_heads` (no grouping).
     pub num_key_value_heads: usize,
     pub vocab_size: usize,
+    /// `rope_theta`, or `rope_parameters.rope_theta` as transformers 5 writes it; the default
+    /// (unscaled) rotary embedding is the only one Qwen2's FastVLM uses.
     pub rope_theta: f64,
     pub rms_norm_eps: f64,
     pub tie_word_embeddings: bool,
@@ -34,8 +36,13 @@ struct Fields {
     #[serde(default)]
     num_key_value_heads: Option<usize>,
     vocab_size: usize,
-    #[serde(default = "Qwen2Config::default_rope_theta")]
-    rope_theta: f64,
+    #[serde(default)]
+    rope_theta: Option<f64>,
+    #[serde(default)]
+    rope_parameters: Option<RopeParameters>,
+    /// transformers 4's name for the rotary embedding's scaling (`null` when unscaled).
+    #[serde(default)]
+    rope_scaling: Option<RopeParameters>,
     #[serde(default = "Qwen2Config::default_rms_norm_eps")]
     rms_norm_eps: f64,
     #[serde(default)]
@@ -44,20 +51,47 @@ struct Fields {
     max_position_embeddings: usize,
 }
 
-impl From<Fields> for Qwen2Config {
-    fn from(f: Fields) -> Self {
-        Self {
+/// transformers' `rope_parameters` (and `rope_scaling`).
+#[derive(Deserialize)]
+struct RopeParameters {
+    #[serde(default)]
+    rope_theta: Option<f64>,
+    #[serde(default, alias = "type")]
+    rope_type: Option<String>,
+}
+
+impl TryFrom<Fields> for Qwen2Config {
+    type Error = String;
+
+    fn try_from(f: Fields) -> Result<Self, String> {
+        for (key, rope) in [
+            ("rope_parameters", &f.rope_parameters),
+            ("rope_scaling", &f.rope_scaling),
+        ] {
+            if let Some(kind) = rope.as_ref().and_then(|r| r.rope_type.as_deref())
+                && kind != "default"
+            {
+                return Err(format!(
+                    "`{key}.rope_type` is `{kind}`: only the default (unscaled) rotary embedding is supported"
+                ));
+            }
+        }
+        let nested = f.rope_parameters.as_ref().and_then(|r| r.rope_theta);
+        Ok(Self {
             hidden_size: f.hidden_size,
             intermediate_size: f.intermediate_size,
             num_hidden_layers: f.num_hidden_layers,
             num_attention_heads: f.num_attention_heads,
             num_key_value_heads: f.num_key_value_heads.unwrap_or(f.num_attention_heads),
             vocab_size: f.vocab_size,
-            rope_theta: f.rope_theta,
+            rope_theta: f
+                .rope_theta
+                .or(nested)
+                .unwrap_or_else(Self::default_rope_theta),
             rms_norm_eps: f.rms_norm_eps,
             tie_word_embeddings: f.tie_word_embeddings,
             max_position_embeddings: f.max_position_embeddings,
-        }
+        })
     }
 }
 
@@ -269,6 +303,21 @@ mod tests {
         );
         let err = serde_json::from_str::<Qwen2Config>(r#"{"hidden_size": 64}"#).unwrap_err();
         assert!(err.to_string().contains("intermediate_size"), "{err}");
+    }
+
+    /// transformers 5 writes the rotary base under `rope_parameters`; scaled variants are refused.
+    #[test]
+    fn reads_the_rotary_base_where_either_transformers_writes_it() {
+        let base = r#""hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
+                      "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 50"#;
+        let parse =
+            |extra: &str| serde_json::from_str::<Qwen2Config>(&format!("{{{base}, {extra}}}"));
+        let v5 = parse(r#""rope_parameters": {"rope_theta": 1000000.0, "rope_type": "default"}"#);
+        assert_eq!(v5.unwrap().rope_theta, 1e6);
+        let v4 = parse(r#""rope_theta": 1000000.0, "rope_scaling": null"#);
+        assert_eq!(v4.unwrap().rope_theta, 1e6);
+        let yarn = parse(r#""rope_scaling": {"type": "yarn", "factor": 4.0}"#).unwrap_err();
+        assert!(yarn.to_string().contains("yarn"), "{yarn}");
     }
 
     #[test]

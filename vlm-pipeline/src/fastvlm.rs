@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
 use fastvithd::{FastVitHd, FastVitHdConfig};
-use qwen2_decoder::{LoadError, Qwen2};
+use qwen2_decoder::{KvCache, LoadError, Qwen2};
 use vlm_projector::Projector;
 
 use crate::config::{ConfigError, FastVlmConfig};
@@ -287,11 +287,8 @@ impl<B: Backend> FastVlm<B> {
         let max_new = options
             .max_new_tokens
             .min(self.config.decoder.max_position_embeddings - total);
-        let mut cache = self
-            .decoder
-            .new_cache(1, total + max_new.max(1), &self.device)?;
         let t = Instant::now();
-        let mut logits = self.decoder.forward_last(embeds, &mut cache)?;
+        let (mut logits, mut cache) = prefill(&self.decoder, embeds, max_new.max(1))?;
         let vocab = self.vocab_len();
         let mut rng = Rng::new(options.seed);
         let mut token_ids = Vec::new();
@@ -430,6 +427,19 @@ pub fn splice<B: Backend>(
     }
     assert!(images.next().is_none(), "one placeholder per image");
     Tensor::cat(pieces, 1)
+}
+
+/// The prefill: `embeds` `[1, n, hidden]` through the language model into a cache with room
+/// for `new_tokens` more positions; the last position's logits `[1, vocab]` and the cache.
+pub fn prefill<B: Backend>(
+    decoder: &Qwen2<B>,
+    embeds: Tensor<B, 3>,
+    new_tokens: usize,
+) -> Result<(Tensor<B, 2>, KvCache<B>), qwen2_decoder::DecodeError> {
+    let n = embeds.dims()[1];
+    let mut cache = decoder.new_cache(1, n + new_tokens, &embeds.device())?;
+    let logits = decoder.forward_last(embeds, &mut cache)?;
+    Ok((logits, cache))
 }
 
 fn ms(since: Instant) -> f64 {

@@ -176,3 +176,46 @@ fn different_images_give_different_answers() {
         "projected image tokens barely depend on the image: {change:.3e}"
     );
 }
+
+/// The same tiny checkpoint in Hugging Face's `fast_vlm` layout, written by transformers itself
+/// (`save_pretrained`: nested `text_config`/`vision_config`, `rope_parameters`, timm's names
+/// under `model.vision_tower.timm_model.`, `model.language_model.*`): recognised by its config,
+/// loaded through the Hugging Face name maps, and equal to transformers' own outputs for it
+/// (projected image tokens of a formula image, logits of a fixed id sequence), and to the
+/// Apple-layout checkpoint it was made from.
+#[test]
+fn hugging_face_layout_matches_transformers() {
+    use burn::tensor::{Int, TensorData};
+    use qwen2_decoder::Convention;
+
+    let model = FastVlm::<Cpu>::load(&e2e().join("tiny-fastvlm-hf"), &Default::default()).unwrap();
+    let config = &model.config;
+    assert_eq!(config.convention, Convention::HuggingFace);
+    assert_eq!(
+        (config.image_size, config.aspect_ratio),
+        (256, AspectRatio::CenterCrop)
+    );
+    assert_eq!(config.decoder.rope_theta, 1e6);
+    let reference = Weights::open(&e2e().join("reference_hf.safetensors")).unwrap();
+    let device = Default::default();
+
+    let values = vlm_kernels::testing::image(77, "hf", 3 * 256 * 256);
+    let pixels = Tensor::<Cpu, 4>::from_data(TensorData::new(values, [1, 3, 256, 256]), &device);
+    let projected = model.encode_pixels(pixels.clone()).projected;
+    let expected = Tensor::<Cpu, 3>::from_data(reference.get("projected").unwrap(), &device);
+    let err = rel_l2(projected.clone(), expected);
+    println!("Hugging Face layout, projected image tokens: rel-L2 {err:.3e}");
+    assert!(err <= 1e-4, "projected: {err:.3e}");
+    let apple = load().encode_pixels(pixels).projected;
+    assert!(rel_l2(projected, apple) <= 1e-6);
+
+    let ids = reference.get("ids").unwrap();
+    let n = ids.shape[1];
+    let ids = Tensor::<Cpu, 2, Int>::from_data(ids, &device);
+    let mut cache = model.decoder.new_cache(1, n, &device).unwrap();
+    let logits = model.decoder.forward(ids, &mut cache).unwrap();
+    let expected = Tensor::<Cpu, 3>::from_data(reference.get("logits").unwrap(), &device);
+    let err = rel_l2(logits, expected);
+    println!("Hugging Face layout, logits: rel-L2 {err:.3e}");
+    assert!(err <= 1e-4, "logits: {err:.3e}");
+}

@@ -7,6 +7,8 @@ Writes into OUT (default fixtures/e2e):
                      image at 96 and 40 (up- and downscaling)
   tiny-fastvlm/      the checkpoint (config.json, bf16 model.safetensors, slow-tokenizer files)
   reference.safetensors  greedy generation, top-5 log-probabilities, features for images/wide.png
+  tiny-fastvlm-hf/   the same checkpoint in Hugging Face's `fast_vlm` layout, by transformers
+  reference_hf.safetensors  transformers' outputs for it (hf_golden.py)
 """
 import argparse
 import os
@@ -52,6 +54,9 @@ def main():
     ref.make_checkpoint("tiny", None, model)
     ref.reference(model, os.path.join(img_dir, "wide.png"), "Describe the image.", 24, 5,
                   os.path.join(a.out, "reference.safetensors"))
+    import hf_golden
+
+    hf_golden.convert(model, os.path.join(a.out, "tiny-fastvlm-hf"), os.path.join(a.out, "reference_hf.safetensors"))
 
 
 if __name__ == "__main__":
