@@ -193,9 +193,8 @@ fn gpu_has_f16() -> Result<bool, String> {
 /// A CPU forward allocates and frees maps of 25–100 MB per op (FastViTHD's first stages at
 /// 1024²: 384 × 256² f32 is 100 MB). glibc serves every allocation above its mmap threshold (at
 /// most 32 MB as it adapts) with a fresh `mmap` and unmaps it on free, so each such op
-/// page-faults its whole output in again: 2.3 M page faults in one run of
-/// `cargo run --release -p benches --example encoder_probe`, and stage 0's RepMixer block took
-/// 395 ms, against 0.24 M and 155 ms with both thresholds raised. One arena: a worker thread
+/// page-faults its whole output in again (ten times the page faults of one 1024² forward, and
+/// more than twice the time of an early stage: BENCHMARKS.md). One arena: a worker thread
 /// (the server's) would otherwise get an arena whose heaps cap at 64 MB and `mmap` the rest.
 /// Peak memory is what the model needs either way; memory freed after the peak stays with the
 /// process. `MALLOC_*` variables or `GLIBC_TUNABLES` in the environment win.
@@ -233,8 +232,8 @@ pub fn kernel_cache_dir() -> std::path::PathBuf {
 ///
 /// CubeCL compiles every kernel at its first launch in a process (NVRTC on CUDA: about 0.4 s
 /// each on an H200, and a 1024² FastViTHD forward launches hundreds of distinct ones) and, by
-/// default, keeps only its autotune results. Measured on an H200: the first launch of a kernel
-/// took 379 ms in a fresh process and 12 ms in one that found it in this cache. A `cubecl.toml`
+/// default, keeps only its autotune results; with this cache a new process loads a compiled
+/// kernel in a small fraction of that (BENCHMARKS.md). A `cubecl.toml`
 /// (or `burn.toml`) in the working directory or above still wins, as do `CUBECL_*` variables;
 /// `FASTVLM_KERNEL_CACHE=off` leaves CubeCL's defaults.
 ///

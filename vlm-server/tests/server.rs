@@ -240,7 +240,10 @@ fn models_health_and_loading() {
     let (_, list) = server.get("/api/checkpoints");
     assert_eq!(
         list["checkpoints"],
-        json!([{"name": MODEL, "loaded": false}])
+        json!([
+            {"name": MODEL, "loaded": false},
+            {"name": "tiny-fastvlm-hf", "loaded": false}
+        ])
     );
     for (name, want) in [
         ("../e2e", 400),

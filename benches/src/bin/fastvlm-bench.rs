@@ -572,11 +572,10 @@ fn run_profile<B: Backend>(tag: &Tag, iters: usize) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Peak resident set size of this process (VmHWM), KiB.
 /// Kernel launches, counted from CubeCL's execution log (profiling level `minimal`: one line
 /// per launch, no timing, no sync), so a GPU-independent property of the graph: how many
-/// kernels burn's fusion and ours leave per forward. At the ~45 µs a launch measured on the
-/// H200 through burn's path, it bounds the decoding rate before any arithmetic. The counts do
+/// kernels burn's fusion and ours leave per forward. At the launch cost measured through burn's
+/// path on the GPU (BENCHMARKS.md), it bounds the decoding rate before any arithmetic. The counts do
 /// not depend on the prompt's length (`prompt` positions, short so that a CPU Vulkan driver
 /// gets through the 0.5B prefill).
 fn run_launches<B: Backend>(
@@ -735,6 +734,7 @@ mod launch_log {
     }
 }
 
+/// Peak resident set size of this process (VmHWM), KiB.
 fn peak_rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .unwrap_or_default()

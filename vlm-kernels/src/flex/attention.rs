@@ -2,8 +2,7 @@
 //!
 //! flex 0.21's attention walks the `(batch, head)` pairs one after another on one thread, its
 //! matrix products are told not to spread either, and its softmax calls libm's `expf` per
-//! score: FastViTHD's 24 heads × 1024 pixels took 157 ms of a 285 ms attention block at 1024²
-//! (`cargo run --release -p benches --example encoder_probe`). Here each task is one head and up
+//! score: over half of a FastViTHD attention block at 1024² (BENCHMARKS.md). Here each task is one head and up
 //! to [`QUERY_BLOCK`] queries: the block's scores come from one `gemm` call reading q and k where
 //! they lie (any strides: FastViTHD's q/k/v are views of one `qkv` output, the decoder's keys a
 //! prefix of its cache), the softmax is one vectorised pass per row ([`math::softmax_row`]), and

@@ -1,8 +1,8 @@
 //! A dense convolution with few input channels on flex, a block of output pixels at a time.
 //!
 //! FastViTHD's first layer is a 3×3, stride-2 convolution from the 3 image channels to 96 (GELU
-//! after it): a matrix product with only 27 terms per output, so its cost is moving pixels. flex
-//! took 136 ms for it at 1024² (`encoder_probe`), 10 GFLOP/s. Here each task gathers the
+//! after it): a matrix product with only 27 terms per output, so its cost is moving pixels,
+//! which flex's convolution does slowly (BENCHMARKS.md). Here each task gathers the
 //! `c_in·k²` input patches of [`TILE`] output pixels into a small matrix, multiplies it with the
 //! weights straight into the output columns, and applies the bias and GELU while they are in
 //! cache. A 1×1 convolution (the stem's third layer) skips the gathering and reads its input

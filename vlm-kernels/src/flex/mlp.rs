@@ -1,9 +1,9 @@
 //! A pixel-wise two-layer perceptron on flex with its hidden layer kept in cache.
 //!
 //! FastViTHD's ConvFFN widens every pixel 4× (1×1 conv), applies GELU and narrows it back. As
-//! three ops on flex the wide map is written to memory and read back twice: 100 MB per block at
-//! stage 0 of a 1024² image (384 × 256²), where the two matrix products then ran at 130 GFLOP/s
-//! against 185 at stage 2's 25 MB. Here each task takes [`hidden_tile`] pixels through both
+//! three ops on flex the wide map is written to memory and read back twice (100 MB per block at
+//! stage 0 of a 1024² image, 384 × 256² floats), which slows the matrix products where the map
+//! is largest (BENCHMARKS.md). Here each task takes [`hidden_tile`] pixels through both
 //! layers: `h = W₁·x + b₁` into a scratch block that stays in L2, GELU over it, `y = W₂·h + b₂`
 //! straight into the output columns.
 

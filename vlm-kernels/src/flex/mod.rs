@@ -1,12 +1,11 @@
 //! FastVLM's slow ops on burn's `flex` CPU backend as parallel, vectorised loops.
 //!
 //! flex 0.21 evaluates `gelu` and `silu` one element at a time on one thread, through libm's
-//! branchy scalar `erff` and `expf`. At 1024² FastViTHD's ConvFFN GELUs took more time than
-//! its 1×1 convolutions (98 ms for the 6.3 M elements of one stage-2 block against 43 ms for
-//! each of its two convolutions, `cargo run --release -p benches --example encoder_probe`), and
-//! the 0.5B prefill of 280 positions spent 18 ms a layer on `silu(gate) · up`. Here every element
-//! goes through the same branch-free arithmetic ([`math`]), which the compiler vectorises (8
-//! lanes where the CPU has AVX2), in chunks spread over rayon's threads.
+//! branchy scalar `erff` and `expf`, so FastViTHD's ConvFFN GELUs cost more than its 1×1
+//! convolutions and the prefill's `silu(gate) · up` is a large share of a layer (BENCHMARKS.md,
+//! `encoder_probe`). Here every element goes through the same branch-free arithmetic
+//! ([`math`]), which the compiler vectorises (8 lanes where the CPU has AVX2), in chunks spread
+//! over rayon's threads.
 //!
 //! The same holds for whole ops: [`attention`] (flex: one head at a time on one thread),
 //! [`depthwise_conv2d`] (flex: one output pixel at a time), [`conv2d_patches`] (the stem's
@@ -15,7 +14,7 @@
 //! matrix product) single-threaded on strided blocks.
 //!
 //! Each op takes f32 tensors and hands its inputs back (`Err`) on another backend, dtype or
-//! shape, so that the caller goes on with burn's ops.
+//! shape, so that its caller in [`crate::ops`] goes on with burn's ops.
 
 mod attention;
 mod conv;

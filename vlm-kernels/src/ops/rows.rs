@@ -3,7 +3,7 @@
 //!
 //! A decoding step at batch 1 is one row through every layer: burn 0.21 runs each projection,
 //! the norm, the bias, the rotation, the cache write, SwiGLU's product and the residual as
-//! launches of their own (about 900 per step for Qwen2-0.5B). On the CubeCL backends each op
+//! launches of their own (BENCHMARKS.md counts them per step). On the CubeCL backends each op
 //! here runs such a row in one launch; for other shapes and backends it is burn's ops.
 
 use burn::tensor::{Tensor, backend::Backend};
