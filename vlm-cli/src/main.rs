@@ -4,6 +4,7 @@ use std::io::Write;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use burn::tensor::backend::Backend;
 use clap::{Args, Parser, Subcommand};
@@ -41,7 +42,7 @@ struct ServeArgs {
     /// A checkpoint to load at start; the page can load others from --models-root.
     #[arg(long)]
     model_path: Option<PathBuf>,
-    /// Address to listen on (loopback by default: the API has no authentication).
+    /// Address to listen on (loopback by default; beyond it, give --api-key).
     #[arg(long, default_value = "127.0.0.1")]
     host: std::net::IpAddr,
     #[arg(long, default_value_t = 8000)]
@@ -56,7 +57,8 @@ struct ServeArgs {
     /// Compute precision (f32, f16, bf16; default per backend as for predict).
     #[arg(long)]
     dtype: Option<Precision>,
-    /// Requests that may wait behind the running one; more get 429.
+    /// Requests that may wait behind the running one; more get 429 (0: a request is taken
+    /// only while the model is idle).
     #[arg(long, default_value_t = 8)]
     queue: usize,
     /// Largest `max_tokens` a request may ask for.
@@ -65,6 +67,35 @@ struct ServeArgs {
     /// Largest image accepted, in pixels (width × height).
     #[arg(long, default_value_t = 4096 * 4096)]
     max_image_pixels: u64,
+    /// Longest image side accepted, in pixels.
+    #[arg(long, default_value_t = image::MAX_SIDE)]
+    max_image_side: u32,
+    /// An origin whose pages may use the API and the WebSocket, besides the server's own
+    /// loopback URLs (repeatable; e.g. https://app.example.org).
+    #[arg(long = "allowed-origin", value_name = "ORIGIN")]
+    allowed_origins: Vec<String>,
+    /// Require `Authorization: Bearer KEY` on the API and the WebSocket (default:
+    /// $FASTVLM_API_KEY).
+    #[arg(long, value_name = "KEY")]
+    api_key: Option<String>,
+}
+
+/// Bounds on the input image, checked from its header before it is decoded.
+#[derive(Args)]
+struct ImageArgs {
+    /// Largest image accepted, in pixels (width × height).
+    #[arg(long, default_value_t = image::MAX_PIXELS)]
+    max_image_pixels: u64,
+    /// Longest image side accepted, in pixels.
+    #[arg(long, default_value_t = image::MAX_SIDE)]
+    max_image_side: u32,
+}
+
+impl ImageArgs {
+    fn load(&self, path: &Path) -> Result<image::Rgb8, String> {
+        let limits = image::ImageLimits::new(self.max_image_pixels, self.max_image_side);
+        image::load_with(path, &limits).map_err(|e| e.to_string())
+    }
 }
 
 #[derive(Args)]
@@ -107,6 +138,8 @@ struct PredictArgs {
     model: ModelArgs,
     #[arg(long)]
     image_file: Option<PathBuf>,
+    #[command(flatten)]
+    image_limits: ImageArgs,
     #[arg(long, default_value = "Describe the image.")]
     prompt: String,
     /// Overrides the default system message ("You are a helpful assistant.").
@@ -138,23 +171,66 @@ struct EncodeArgs {
     model: ModelArgs,
     #[arg(long)]
     image_file: PathBuf,
+    #[command(flatten)]
+    image_limits: ImageArgs,
     /// Output `.safetensors`: `image_features` [tokens, 3072] and `projected` [tokens, hidden], f32.
     #[arg(long)]
     output: PathBuf,
 }
 
 fn main() -> ExitCode {
+    std::panic::set_hook(Box::new(report_panic));
     let cli = Cli::parse();
-    match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(cli))) {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(message)) => {
             eprintln!("error: {message}");
             ExitCode::FAILURE
         }
+        // The hook has said what.
+        Err(_) => ExitCode::FAILURE,
     }
 }
 
+/// Set while a panic is expected and turned into an error of its own (the wgpu probe).
+static PANIC_EXPECTED: AtomicBool = AtomicBool::new(false);
+
+/// Any panic as one line on stderr, never a backtrace: `error: internal error: …` (a bug in
+/// this program, whatever the input); the main thread's then ends the program with exit code 1.
+fn report_panic(info: &std::panic::PanicHookInfo<'_>) {
+    if PANIC_EXPECTED.load(Ordering::SeqCst) {
+        return;
+    }
+    let message = panic_message(info.payload());
+    let at = info
+        .location()
+        .map(|l| format!(" (at {}:{})", l.file(), l.line()))
+        .unwrap_or_default();
+    let thread = std::thread::current();
+    let whose = match thread.name() {
+        Some("main") | None => String::new(),
+        Some(name) => format!(" in thread `{name}`"),
+    };
+    let line = message.lines().next().unwrap_or("");
+    let _ = writeln!(
+        std::io::stderr(),
+        "error: internal error{whose}: {line}{at}"
+    );
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".into())
+}
+
 fn run(cli: Cli) -> Result<(), String> {
+    // Lets the tests check that a panic is one line and exit code 1.
+    if std::env::var_os("VLM_CLI_FORCE_PANIC").is_some() {
+        panic!("forced by VLM_CLI_FORCE_PANIC");
+    }
     // Before any device is touched: CubeCL reads its configuration once.
     backend::keep_compiled_kernels();
     backend::keep_freed_memory();
@@ -167,6 +243,10 @@ fn run(cli: Cli) -> Result<(), String> {
     };
     if !backend::compiled().contains(&backend.as_str()) {
         return backend::check(backend, Precision::F32);
+    }
+    #[cfg(feature = "wgpu")]
+    if backend == "wgpu" {
+        probe_wgpu()?;
     }
     let precision = dtype.unwrap_or_else(|| backend::default_precision(backend));
     backend::check(backend, precision)?;
@@ -186,6 +266,25 @@ fn run(cli: Cli) -> Result<(), String> {
         ("wgpu", _) => dispatch::<backend::Gpu<f16>>(command, &Default::default()),
         _ => dispatch::<backend::Cpu>(command, &Default::default()),
     }
+}
+
+/// Touches the wgpu device once: without a Vulkan or Metal adapter CubeCL panics with a
+/// backtrace; this says so in one line.
+#[cfg(feature = "wgpu")]
+fn probe_wgpu() -> Result<(), String> {
+    PANIC_EXPECTED.store(true, Ordering::SeqCst);
+    let probe = std::panic::catch_unwind(|| {
+        let device = Default::default();
+        burn::tensor::Tensor::<backend::Gpu<f32>, 1>::zeros([1], &device).into_data()
+    });
+    PANIC_EXPECTED.store(false, Ordering::SeqCst);
+    probe.map(|_| ()).map_err(|panic| {
+        let why = panic_message(&*panic);
+        format!(
+            "--backend wgpu: no usable Vulkan/Metal adapter on this machine ({}); use --backend cpu",
+            why.lines().next().unwrap_or("").trim()
+        )
+    })
 }
 
 fn dispatch<B: Backend>(command: &Command, device: &B::Device) -> Result<(), String> {
@@ -215,6 +314,19 @@ fn serve<B: Backend>(args: &ServeArgs, device: &B::Device) -> Result<(), String>
     options.queue_capacity = args.queue;
     options.limits.max_tokens = args.max_tokens;
     options.limits.max_image_pixels = args.max_image_pixels;
+    options.limits.max_image_side = args.max_image_side;
+    options.allowed_origins = args.allowed_origins.clone();
+    options.api_key = args
+        .api_key
+        .clone()
+        .or_else(|| std::env::var("FASTVLM_API_KEY").ok())
+        .filter(|k| !k.is_empty());
+    if !args.host.is_loopback() && options.api_key.is_none() {
+        eprintln!(
+            "warning: listening on {} without an API key: anyone who reaches this address can use the model; pass --api-key KEY (or set FASTVLM_API_KEY)",
+            options.addr
+        );
+    }
     // GPU backends compile kernels on first use: pay that at load, not on the first answer.
     options.warm_up = args.backend != "cpu";
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -402,9 +514,8 @@ fn predict<B: Backend>(args: &PredictArgs, device: &B::Device) -> Result<(), Str
     let image = args
         .image_file
         .as_deref()
-        .map(image::load)
-        .transpose()
-        .map_err(|e| e.to_string())?;
+        .map(|p| args.image_limits.load(p))
+        .transpose()?;
     let model = load::<B>(&args.model, device)?;
     let request = Request {
         image,
@@ -476,7 +587,7 @@ fn predict<B: Backend>(args: &PredictArgs, device: &B::Device) -> Result<(), Str
 }
 
 fn encode<B: Backend>(args: &EncodeArgs, device: &B::Device) -> Result<(), String> {
-    let image = image::load(&args.image_file).map_err(|e| e.to_string())?;
+    let image = args.image_limits.load(&args.image_file)?;
     let model = load::<B>(&args.model, device)?;
     let encoded = model.encode_pixels(model.pixels(&image));
     let tensors = [

@@ -13,7 +13,7 @@ use vlm_projector::Projector;
 use crate::config::{ConfigError, FastVlmConfig};
 use crate::generate::{self, FinishReason, GenerationOptions, Metrics, Rng, TokenLogprobs};
 use crate::image::{ImageError, Rgb8, preprocess};
-use crate::prompt::{IMAGE_TOKEN_INDEX, Message, qwen2_prompt, tokenize_with_image};
+use crate::prompt::{IMAGE_TOKEN_INDEX, Message, prompt_ids};
 use crate::tokenizer::{Tokenizer, TokenizerError};
 use crate::weights::{Weights, WeightsError};
 
@@ -241,8 +241,12 @@ impl<B: Backend> FastVlm<B> {
             .system
             .as_deref()
             .unwrap_or(crate::prompt::DEFAULT_SYSTEM);
-        let prompt = qwen2_prompt(system, &request.messages, request.image.is_some());
-        let ids = tokenize_with_image(&self.tokenizer, &prompt)?;
+        let ids = prompt_ids(
+            &self.tokenizer,
+            system,
+            &request.messages,
+            request.image.is_some(),
+        )?;
         let markers = ids.iter().filter(|&&i| i == IMAGE_TOKEN_INDEX).count();
         let images = usize::from(request.image.is_some());
         if markers != images {

@@ -7,6 +7,8 @@
 pub mod backend;
 pub mod config;
 pub mod fastvlm;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod generate;
 pub mod image;
 mod jpeg;
