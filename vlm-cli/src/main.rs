@@ -7,9 +7,14 @@ use std::process::ExitCode;
 
 use burn::tensor::backend::Backend;
 use clap::{Args, Parser, Subcommand};
-use serde::Serialize;
 use vlm_pipeline::backend::{self, Precision};
+use vlm_pipeline::output::{PredictionJson, write_atomically};
+use vlm_pipeline::prompt::DEFAULT_PROMPT;
 use vlm_pipeline::{FastVlm, GenerationOptions, Message, Request, Role, image, zoo};
+use vlm_server::{Limits, ServeOptions};
+
+/// `predict`'s sampling defaults are the pipeline's.
+const DEFAULTS: GenerationOptions = GenerationOptions::DEFAULT;
 
 #[derive(Parser)]
 #[command(
@@ -41,10 +46,10 @@ struct ServeArgs {
     /// A checkpoint to load at start; the page can load others from --models-root.
     #[arg(long)]
     model_path: Option<PathBuf>,
-    /// Address to listen on (loopback by default: the API has no authentication).
+    /// Address to listen on (loopback by default; beyond it, give --api-key).
     #[arg(long, default_value = "127.0.0.1")]
     host: std::net::IpAddr,
-    #[arg(long, default_value_t = 8000)]
+    #[arg(long, default_value_t = ServeOptions::DEFAULT_PORT)]
     port: u16,
     /// Directory of checkpoints the page and API may load (default: the download cache,
     /// $FASTVLM_HOME, else ~/.cache/fastvlm).
@@ -56,15 +61,45 @@ struct ServeArgs {
     /// Compute precision (f32, f16, bf16; default per backend as for predict).
     #[arg(long)]
     dtype: Option<Precision>,
-    /// Requests that may wait behind the running one; more get 429.
-    #[arg(long, default_value_t = 8)]
+    /// Requests that may wait behind the running one; more get 429 (0: a request is taken
+    /// only while the model is idle).
+    #[arg(long, default_value_t = ServeOptions::DEFAULT_QUEUE)]
     queue: usize,
     /// Largest `max_tokens` a request may ask for.
-    #[arg(long, default_value_t = 2048)]
+    #[arg(long, default_value_t = Limits::DEFAULT.max_tokens)]
     max_tokens: usize,
     /// Largest image accepted, in pixels (width × height).
-    #[arg(long, default_value_t = 4096 * 4096)]
+    #[arg(long, default_value_t = Limits::DEFAULT.max_image_pixels)]
     max_image_pixels: u64,
+    /// Longest image side accepted, in pixels.
+    #[arg(long, default_value_t = Limits::DEFAULT.max_image_side)]
+    max_image_side: u32,
+    /// An origin whose pages may use the API and the WebSocket, besides the server's own
+    /// loopback URLs (repeatable; e.g. https://app.example.org).
+    #[arg(long = "allowed-origin", value_name = "ORIGIN")]
+    allowed_origins: Vec<String>,
+    /// Require `Authorization: Bearer KEY` on the API and the WebSocket (default:
+    /// $FASTVLM_API_KEY).
+    #[arg(long, value_name = "KEY")]
+    api_key: Option<String>,
+}
+
+/// Bounds on the input image, checked from its header before it is decoded.
+#[derive(Args)]
+struct ImageArgs {
+    /// Largest image accepted, in pixels (width × height).
+    #[arg(long, default_value_t = image::MAX_PIXELS)]
+    max_image_pixels: u64,
+    /// Longest image side accepted, in pixels.
+    #[arg(long, default_value_t = image::MAX_SIDE)]
+    max_image_side: u32,
+}
+
+impl ImageArgs {
+    fn load(&self, path: &Path) -> Result<image::Rgb8, String> {
+        let limits = image::ImageLimits::new(self.max_image_pixels, self.max_image_side);
+        image::load_with(path, &limits).map_err(|e| e.to_string())
+    }
 }
 
 #[derive(Args)]
@@ -107,22 +142,24 @@ struct PredictArgs {
     model: ModelArgs,
     #[arg(long)]
     image_file: Option<PathBuf>,
-    #[arg(long, default_value = "Describe the image.")]
+    #[command(flatten)]
+    image_limits: ImageArgs,
+    #[arg(long, default_value = DEFAULT_PROMPT)]
     prompt: String,
     /// Overrides the default system message ("You are a helpful assistant.").
     #[arg(long)]
     system_prompt: Option<String>,
     /// 0 decodes greedily.
-    #[arg(long, default_value_t = 0.2)]
+    #[arg(long, default_value_t = DEFAULTS.temperature)]
     temperature: f32,
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = DEFAULTS.top_p)]
     top_p: f32,
     /// 0 disables top-k filtering.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = DEFAULTS.top_k)]
     top_k: usize,
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = DEFAULTS.seed)]
     seed: u64,
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = DEFAULTS.max_new_tokens)]
     max_new_tokens: usize,
     /// Report the N most likely alternatives of every generated token (with --json).
     #[arg(long)]
@@ -138,23 +175,60 @@ struct EncodeArgs {
     model: ModelArgs,
     #[arg(long)]
     image_file: PathBuf,
+    #[command(flatten)]
+    image_limits: ImageArgs,
     /// Output `.safetensors`: `image_features` [tokens, 3072] and `projected` [tokens, hidden], f32.
     #[arg(long)]
     output: PathBuf,
 }
 
 fn main() -> ExitCode {
+    std::panic::set_hook(Box::new(report_panic));
     let cli = Cli::parse();
-    match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(cli))) {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(message)) => {
             eprintln!("error: {message}");
             ExitCode::FAILURE
         }
+        // The hook has said what.
+        Err(_) => ExitCode::FAILURE,
     }
 }
 
+/// Any panic as one line on stderr, never a backtrace: `error: internal error: …` (a bug in
+/// this program, whatever the input); the main thread's then ends the program with exit code 1.
+fn report_panic(info: &std::panic::PanicHookInfo<'_>) {
+    let message = panic_message(info.payload());
+    let at = info
+        .location()
+        .map(|l| format!(" (at {}:{})", l.file(), l.line()))
+        .unwrap_or_default();
+    let thread = std::thread::current();
+    let whose = match thread.name() {
+        Some("main") | None => String::new(),
+        Some(name) => format!(" in thread `{name}`"),
+    };
+    let line = message.lines().next().unwrap_or("");
+    let _ = writeln!(
+        std::io::stderr(),
+        "error: internal error{whose}: {line}{at}"
+    );
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".into())
+}
+
 fn run(cli: Cli) -> Result<(), String> {
+    // Lets the tests check that a panic is one line and exit code 1.
+    if std::env::var_os("VLM_CLI_FORCE_PANIC").is_some() {
+        panic!("forced by VLM_CLI_FORCE_PANIC");
+    }
     // Before any device is touched: CubeCL reads its configuration once.
     backend::keep_compiled_kernels();
     backend::keep_freed_memory();
@@ -213,13 +287,26 @@ fn serve<B: Backend>(
             home
         }
     };
-    let mut options = vlm_server::ServeOptions::new(models_root);
+    let mut options = ServeOptions::new(models_root);
     options.addr = std::net::SocketAddr::new(args.host, args.port);
     options.model_path = args.model_path.clone();
     options.backend = selection.label();
     options.queue_capacity = args.queue;
     options.limits.max_tokens = args.max_tokens;
     options.limits.max_image_pixels = args.max_image_pixels;
+    options.limits.max_image_side = args.max_image_side;
+    options.allowed_origins = args.allowed_origins.clone();
+    options.api_key = args
+        .api_key
+        .clone()
+        .or_else(|| std::env::var("FASTVLM_API_KEY").ok())
+        .filter(|k| !k.is_empty());
+    if !args.host.is_loopback() && options.api_key.is_none() {
+        eprintln!(
+            "warning: listening on {} without an API key: anyone who reaches this address can use the model; pass --api-key KEY (or set FASTVLM_API_KEY)",
+            options.addr
+        );
+    }
     // GPU backends compile kernels on first use: pay that at load, not on the first answer.
     options.warm_up = args.backend != "cpu";
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -299,107 +386,16 @@ fn download(args: &DownloadArgs) -> Result<(), String> {
     Ok(())
 }
 
-/// Downloads with a progress line on stderr (bytes, rate, ETA); skips what is present.
+/// Downloads with a progress line on stderr; skips what is present.
 fn fetch(entry: &zoo::ZooEntry, dest: &Path) -> Result<PathBuf, String> {
     if let Some(dir) = zoo::installed(entry, dest) {
         return Ok(dir);
     }
-    let started = std::time::Instant::now();
-    let mut last = std::time::Instant::now();
-    let (mut total, mut first) = (None, 0u64);
-    let mut stderr = std::io::stderr();
-    let dir = zoo::download(entry, dest, &mut |p| match p {
-        zoo::Progress::Start {
-            total: t,
-            resumed_from,
-        } => {
-            total = t;
-            first = resumed_from;
-            let resumed = if resumed_from > 0 {
-                format!(", resuming at {}", bytes(resumed_from))
-            } else {
-                String::new()
-            };
-            let _ = writeln!(
-                stderr,
-                "{}: downloading {}{resumed}",
-                entry.name,
-                zoo::url(entry)
-            );
-        }
-        zoo::Progress::Bytes { done } => {
-            if last.elapsed().as_millis() < 250 && Some(done) != total {
-                return;
-            }
-            last = std::time::Instant::now();
-            let secs = started.elapsed().as_secs_f64().max(1e-3);
-            let rate = (done - first) as f64 / secs;
-            let line = match total {
-                Some(t) => {
-                    let eta = if rate > 0.0 {
-                        (t - done.min(t)) as f64 / rate
-                    } else {
-                        0.0
-                    };
-                    format!(
-                        "{} / {} ({:.0}%), {}/s, ETA {}:{:02}",
-                        bytes(done),
-                        bytes(t),
-                        100.0 * done as f64 / t.max(1) as f64,
-                        bytes(rate as u64),
-                        eta as u64 / 60,
-                        eta as u64 % 60
-                    )
-                }
-                None => format!("{}, {}/s", bytes(done), bytes(rate as u64)),
-            };
-            let _ = write!(stderr, "\r\x1b[2K{}: {line}", entry.name);
-            let _ = stderr.flush();
-        }
-        zoo::Progress::Unpacking => {
-            let _ = writeln!(stderr, "\n{}: unpacking", entry.name);
-        }
-    });
-    dir.map_err(|e| {
-        let _ = writeln!(std::io::stderr());
+    let mut line = zoo::ProgressLine::new(entry, std::io::stderr());
+    zoo::download(entry, dest, &mut |p| line.update(p)).map_err(|e| {
+        line.finish();
         e.to_string()
     })
-}
-
-fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit < UNITS.len() - 1 {
-        v /= 1024.0;
-        unit += 1;
-    }
-    format!("{v:.1} {}", UNITS[unit])
-}
-
-#[derive(Serialize)]
-struct JsonLogprob {
-    token: u32,
-    token_text: String,
-    logprob: f32,
-    top_logprobs: Vec<JsonAlternative>,
-}
-
-#[derive(Serialize)]
-struct JsonAlternative {
-    token: u32,
-    token_text: String,
-    logprob: f32,
-}
-
-#[derive(Serialize)]
-struct JsonOutput {
-    text: String,
-    token_ids: Vec<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    logprobs: Option<Vec<JsonLogprob>>,
-    finish_reason: vlm_pipeline::FinishReason,
-    metrics: vlm_pipeline::Metrics,
 }
 
 fn predict<B: Backend>(args: &PredictArgs, device: &B::Device) -> Result<(), String> {
@@ -407,9 +403,8 @@ fn predict<B: Backend>(args: &PredictArgs, device: &B::Device) -> Result<(), Str
     let image = args
         .image_file
         .as_deref()
-        .map(image::load)
-        .transpose()
-        .map_err(|e| e.to_string())?;
+        .map(|p| args.image_limits.load(p))
+        .transpose()?;
     let model = load::<B>(&args.model, device)?;
     let request = Request {
         image,
@@ -429,18 +424,10 @@ fn predict<B: Backend>(args: &PredictArgs, device: &B::Device) -> Result<(), Str
     };
     let mut stdout = std::io::stdout().lock();
     let stream = !args.json;
-    let mut started = false;
     let output = model
         .generate(&request, &mut |event| {
             if stream {
-                // The reference strips leading whitespace of the answer.
-                let text = if started {
-                    event.text
-                } else {
-                    event.text.trim_start()
-                };
-                started |= !text.is_empty();
-                let _ = stdout.write_all(text.as_bytes());
+                let _ = stdout.write_all(event.text.as_bytes());
                 let _ = stdout.flush();
             }
             ControlFlow::Continue(())
@@ -450,83 +437,19 @@ fn predict<B: Backend>(args: &PredictArgs, device: &B::Device) -> Result<(), Str
         writeln!(stdout).map_err(|e| e.to_string())?;
         return Ok(());
     }
-    let text_of = |id: u32| model.tokenizer.decode(&[id], false).unwrap_or_default();
-    let json = JsonOutput {
-        text: output.text,
-        token_ids: output.token_ids,
-        logprobs: output.logprobs.map(|steps| {
-            steps
-                .into_iter()
-                .map(|s| JsonLogprob {
-                    token: s.token,
-                    token_text: text_of(s.token),
-                    logprob: s.logprob,
-                    top_logprobs: s
-                        .top
-                        .into_iter()
-                        .map(|(token, logprob)| JsonAlternative {
-                            token,
-                            token_text: text_of(token),
-                            logprob,
-                        })
-                        .collect(),
-                })
-                .collect()
-        }),
-        finish_reason: output.finish_reason,
-        metrics: output.metrics,
-    };
+    let json = PredictionJson::new(output, &model.tokenizer);
     let line = serde_json::to_string(&json).map_err(|e| e.to_string())?;
     writeln!(stdout, "{line}").map_err(|e| e.to_string())
 }
 
 fn encode<B: Backend>(args: &EncodeArgs, device: &B::Device) -> Result<(), String> {
-    let image = image::load(&args.image_file).map_err(|e| e.to_string())?;
+    let image = args.image_limits.load(&args.image_file)?;
     let model = load::<B>(&args.model, device)?;
-    let encoded = model.encode_pixels(model.pixels(&image));
-    let tensors = [
-        ("image_features", encoded.features),
-        ("projected", encoded.projected),
-    ]
-    .map(|(name, t)| {
-        let [_, tokens, width] = t.dims();
-        let values = t
-            .into_data()
-            .convert::<f32>()
-            .into_vec::<f32>()
-            .expect("float tensor");
-        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        (name, vec![tokens, width], bytes)
-    });
-    let views: Vec<(&str, safetensors::tensor::TensorView<'_>)> = tensors
-        .iter()
-        .map(|(name, shape, bytes)| {
-            let view =
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
-                    .expect("shape matches the data");
-            (*name, view)
-        })
-        .collect();
-    let data = safetensors::serialize(views, None).map_err(|e| e.to_string())?;
-    write_atomically(&args.output, &data)
-}
-
-/// Writes through a temporary file in the same directory, then renames: a reader never sees
-/// half a file, and a failure leaves nothing behind.
-fn write_atomically(path: &Path, data: &[u8]) -> Result<(), String> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .ok_or_else(|| format!("`{}` is not a file path", path.display()))?;
-    let tmp = dir.join(format!(".{}.partial", name.to_string_lossy()));
-    let result = std::fs::write(&tmp, data).and_then(|()| std::fs::rename(&tmp, path));
-    result.map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        format!("cannot write `{}`: {e}", path.display())
-    })
+    let data = model
+        .encode_pixels(model.pixels(&image))
+        .to_safetensors()
+        .map_err(|e| format!("cannot serialize the features: {e}"))?;
+    write_atomically(&args.output, &data).map_err(|e| e.to_string())
 }
 
 fn info<B: Backend>(

@@ -87,8 +87,17 @@ fn serve(body: Vec<u8>, cut_first: Option<usize>, max_requests: usize) -> (Strin
             } else {
                 "200 OK"
             };
+            let range = if start > 0 {
+                format!(
+                    "Content-Range: bytes {start}-{}/{}\r\n",
+                    body.len() - 1,
+                    body.len()
+                )
+            } else {
+                String::new()
+            };
             let head = format!(
-                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nContent-Type: application/zip\r\nConnection: close\r\n\r\n",
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\n{range}Content-Type: application/zip\r\nConnection: close\r\n\r\n",
                 rest.len()
             );
             let _ = stream.write_all(head.as_bytes());
@@ -271,4 +280,234 @@ fn missing_file_and_no_server_name_the_url_and_the_way_out() {
         "{}",
         stderr(&out)
     );
+}
+
+/// Answers each connection with the next of `responses` (raw HTTP, then close), recording
+/// each request's `Range` header.
+fn serve_raw(responses: Vec<Vec<u8>>) -> (String, Log) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let log: Log = Arc::default();
+    let seen = log.clone();
+    std::thread::spawn(move || {
+        for (stream, response) in listener.incoming().zip(responses) {
+            let mut stream = stream.unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut range = None;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
+                    break;
+                }
+                if let Some((k, v)) = line.split_once(':')
+                    && k.trim().eq_ignore_ascii_case("range")
+                {
+                    range = Some(v.trim().to_string());
+                }
+            }
+            seen.lock().unwrap().push(range);
+            let _ = stream.write_all(&response);
+            let _ = stream.flush();
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    });
+    (base, log)
+}
+
+fn response(status: &str, headers: &[(&str, String)], body: &[u8]) -> Vec<u8> {
+    let mut out = format!("HTTP/1.1 {status}\r\nConnection: close\r\n").into_bytes();
+    for (k, v) in headers {
+        out.extend(format!("{k}: {v}\r\n").bytes());
+    }
+    out.extend(b"\r\n");
+    out.extend(body);
+    out
+}
+
+#[test]
+fn a_206_must_continue_the_part_it_was_asked_for() {
+    let body = zip_of_tiny_model();
+    let half = body.len() / 2;
+    let (base, log) = serve_raw(vec![
+        // Cut short: the part keeps the first half.
+        response(
+            "200 OK",
+            &[("Content-Length", body.len().to_string())],
+            &body[..half],
+        ),
+        // A 206 that starts at 0 instead of where the part ends.
+        response(
+            "206 Partial Content",
+            &[
+                ("Content-Length", body.len().to_string()),
+                (
+                    "Content-Range",
+                    format!("bytes 0-{}/{}", body.len() - 1, body.len()),
+                ),
+            ],
+            &body,
+        ),
+        // The right one.
+        response(
+            "206 Partial Content",
+            &[
+                ("Content-Length", (body.len() - half).to_string()),
+                (
+                    "Content-Range",
+                    format!("bytes {half}-{}/{}", body.len() - 1, body.len()),
+                ),
+            ],
+            &body[half..],
+        ),
+    ]);
+    let dest = tempfile::tempdir().unwrap();
+    let part = dest.path().join(".llava-fastvithd_0.5b_stage3.zip.part");
+    let first = download(&["fastvlm-0.5b"], &base, dest.path());
+    assert!(!first.status.success());
+    assert_eq!(std::fs::metadata(&part).unwrap().len(), half as u64);
+
+    let second = download(&["fastvlm-0.5b"], &base, dest.path());
+    assert!(!second.status.success());
+    let err = stderr(&second);
+    assert!(
+        err.contains("Content-Range") && err.contains(&format!("bytes {half}-")),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::metadata(&part).unwrap().len(),
+        half as u64,
+        "part untouched"
+    );
+
+    let third = download(&["fastvlm-0.5b"], &base, dest.path());
+    assert!(third.status.success(), "{}", stderr(&third));
+    assert_eq!(
+        log.lock().unwrap()[1..],
+        [
+            Some(format!("bytes={half}-")),
+            Some(format!("bytes={half}-"))
+        ]
+    );
+    assert_eq!(leftovers(dest.path()), ["llava-fastvithd_0.5b_stage3"]);
+}
+
+#[test]
+fn a_body_cut_by_a_read_error_keeps_the_part() {
+    let body = zip_of_tiny_model();
+    let half = body.len() / 2;
+    // Chunked, no length: a close in the middle of a chunk is a read error, not the end.
+    let mut chunked = format!("{:x}\r\n", body.len()).into_bytes();
+    chunked.extend(&body[..half]);
+    let (base, _) = serve_raw(vec![response(
+        "200 OK",
+        &[("Transfer-Encoding", "chunked".into())],
+        &chunked,
+    )]);
+    let dest = tempfile::tempdir().unwrap();
+    let out = download(&["fastvlm-0.5b"], &base, dest.path());
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("was cut after") && err.contains("resume"),
+        "{err}"
+    );
+    assert_eq!(
+        leftovers(dest.path()),
+        [".llava-fastvithd_0.5b_stage3.zip.part"]
+    );
+}
+
+/// A zip of `entries` (name, contents, symlink?) under Apple's top-level folder.
+fn zip_with(entries: &[(&str, &[u8], bool)]) -> Vec<u8> {
+    let mut out = std::io::Cursor::new(Vec::new());
+    let mut zip = zip::ZipWriter::new(&mut out);
+    let options = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated);
+    for (name, data, link) in entries {
+        if *link {
+            zip.add_symlink(*name, std::str::from_utf8(data).unwrap(), options)
+                .unwrap();
+        } else {
+            zip.start_file(*name, options).unwrap();
+            zip.write_all(data).unwrap();
+        }
+    }
+    zip.finish().unwrap();
+    out.into_inner()
+}
+
+/// Replaces every occurrence of the little-endian `u32` `from` by `to` in `bytes`.
+fn patch_u32(bytes: &mut [u8], from: u32, to: u32) -> usize {
+    let (from, to) = (from.to_le_bytes(), to.to_le_bytes());
+    let mut n = 0;
+    for i in 0..bytes.len().saturating_sub(3) {
+        if bytes[i..i + 4] == from {
+            bytes[i..i + 4].copy_from_slice(&to);
+            n += 1;
+        }
+    }
+    n
+}
+
+#[test]
+fn hostile_archives_are_refused_and_nothing_lands_outside() {
+    let top = "llava-fastvithd_0.5b_stage3";
+    let config = std::fs::read(tiny_model().join("config.json")).unwrap();
+    let slip = zip_with(&[
+        (&format!("{top}/config.json"), &config, false),
+        ("../../escaped.txt", b"owned", false),
+    ]);
+    let link = zip_with(&[
+        (&format!("{top}/config.json"), &config, false),
+        (&format!("{top}/weights"), b"/etc", true),
+    ]);
+    // 16 MiB of zeros that the archive says are 1000 bytes.
+    const ZEROS: u32 = 16 << 20;
+    let mut bomb = zip_with(&[
+        (&format!("{top}/config.json"), &config, false),
+        (
+            &format!("{top}/model.safetensors"),
+            &vec![0u8; ZEROS as usize],
+            false,
+        ),
+    ]);
+    assert_eq!(
+        patch_u32(&mut bomb, ZEROS, 1000),
+        2,
+        "local and central sizes"
+    );
+    let names: Vec<String> = (0..1200).map(|i| format!("{top}/f{i}")).collect();
+    let many = zip_with(
+        &names
+            .iter()
+            .map(|n| (n.as_str(), &b""[..], false))
+            .collect::<Vec<_>>(),
+    );
+    for (archive, needle) in [
+        (slip, "points outside the archive"),
+        (link, "symbolic link"),
+        (bomb, "declared"),
+        (many, "1200 entries"),
+    ] {
+        let (base, _) = serve(archive, None, 1);
+        let root = tempfile::tempdir().unwrap();
+        let dest = root.path().join("cache");
+        let out = download(&["fastvlm-0.5b"], &base, &dest);
+        assert!(!out.status.success());
+        let err = stderr(&out);
+        assert!(
+            err.contains(needle) && !err.contains("panicked"),
+            "{needle}: {err}"
+        );
+        assert!(
+            err.trim().lines().last().unwrap().starts_with("error: "),
+            "{err}"
+        );
+        assert!(leftovers(&dest).is_empty(), "{:?}", leftovers(&dest));
+        assert_eq!(
+            leftovers(root.path()),
+            ["cache"],
+            "nothing beside the cache"
+        );
+    }
 }

@@ -13,7 +13,7 @@ use vlm_projector::Projector;
 use crate::config::{ConfigError, FastVlmConfig};
 use crate::generate::{self, FinishReason, GenerationOptions, Metrics, Rng, TokenLogprobs};
 use crate::image::{ImageError, Rgb8, preprocess};
-use crate::prompt::{IMAGE_TOKEN_INDEX, Message, qwen2_prompt, tokenize_with_image};
+use crate::prompt::{IMAGE_TOKEN_INDEX, Message, prompt_ids};
 use crate::tokenizer::{Tokenizer, TokenizerError};
 use crate::weights::{Weights, WeightsError};
 use vlm_kernels::loader::NameMap;
@@ -86,9 +86,11 @@ pub struct Generation {
 #[derive(Debug, Clone)]
 pub struct TokenEvent<'a> {
     /// The generated token; `None` for the final event that flushes text held back because it
-    /// ended in an incomplete character (the stream then equals the decoded answer).
+    /// ended in an incomplete character (the stream then equals the decoded answer, which
+    /// starts at its first non-whitespace character, as the reference's does).
     pub token: Option<u32>,
-    /// Text that became complete with this token (may be empty mid-character).
+    /// Text that became complete with this token (may be empty mid-character or while the
+    /// answer has only whitespace so far).
     pub text: &'a str,
 }
 
@@ -227,6 +229,30 @@ impl<B: Backend> FastVlm<B> {
         self.tokenizer.len().min(self.config.decoder.vocab_size)
     }
 
+    /// Runs a tiny request (a 32×32 black image, two greedy tokens) so that kernel compilation
+    /// and autotuning happen now rather than in the first user's request.
+    pub fn warm_up(&self) -> Result<(), PipelineError> {
+        let request = Request {
+            image: Some(Rgb8 {
+                width: 32,
+                height: 32,
+                data: vec![0; 32 * 32 * 3],
+            }),
+            system: None,
+            messages: vec![Message {
+                role: crate::prompt::Role::User,
+                content: "Hi".into(),
+            }],
+            options: GenerationOptions {
+                temperature: 0.0,
+                max_new_tokens: 2,
+                ..Default::default()
+            },
+        };
+        self.generate(&request, &mut |_| ControlFlow::Continue(()))
+            .map(|_| ())
+    }
+
     /// Runs a request, calling `on_token` for every generated token as it comes; `on_token`
     /// returning `Break` stops generation (finish reason `Cancelled`), e.g. when the client left.
     pub fn generate(
@@ -243,8 +269,12 @@ impl<B: Backend> FastVlm<B> {
             .system
             .as_deref()
             .unwrap_or(crate::prompt::DEFAULT_SYSTEM);
-        let prompt = qwen2_prompt(system, &request.messages, request.image.is_some());
-        let ids = tokenize_with_image(&self.tokenizer, &prompt)?;
+        let ids = prompt_ids(
+            &self.tokenizer,
+            system,
+            &request.messages,
+            request.image.is_some(),
+        )?;
         let markers = ids.iter().filter(|&&i| i == IMAGE_TOKEN_INDEX).count();
         let images = usize::from(request.image.is_some());
         if markers != images {
@@ -295,6 +325,7 @@ impl<B: Backend> FastVlm<B> {
         let mut all_logprobs = options.logprobs.map(|_| Vec::new());
         let mut finish_reason = FinishReason::Length;
         let mut emitted = 0usize;
+        let mut started = false;
         let mut decode_start = None;
         while token_ids.len() < max_new {
             let token = self.pick(logits, vocab, options, &mut rng, all_logprobs.as_mut());
@@ -311,13 +342,18 @@ impl<B: Backend> FastVlm<B> {
                 break;
             }
             token_ids.push(token);
-            // Emit only text that is complete (no dangling half of a multi-byte character).
+            // Emit only text that is complete (no dangling half of a multi-byte character),
+            // from where the answer starts: the reference strips its leading whitespace.
             let text = self.tokenizer.decode(&token_ids, true)?;
             let ready = if text.ends_with('\u{FFFD}') {
                 emitted
             } else {
                 text.len()
             };
+            if !started {
+                emitted = ready - text[..ready].trim_start().len();
+                started = emitted < ready;
+            }
             let flow = on_token(TokenEvent {
                 token: Some(token),
                 text: text.get(emitted..ready).unwrap_or(""),

@@ -18,21 +18,23 @@ pub struct GenerationOptions {
 }
 
 impl Default for GenerationOptions {
-    /// `predict.py`'s defaults: temperature 0.2, 256 new tokens; top-k 50 and top-p 1 are the
-    /// Hugging Face sampling defaults it inherits.
     fn default() -> Self {
-        Self {
-            temperature: 0.2,
-            top_p: 1.0,
-            top_k: 50,
-            seed: 0,
-            max_new_tokens: 256,
-            logprobs: None,
-        }
+        Self::DEFAULT
     }
 }
 
 impl GenerationOptions {
+    /// `predict.py`'s defaults: temperature 0.2, 256 new tokens; top-k 50 and top-p 1 are the
+    /// Hugging Face sampling defaults it inherits. Every front end starts from these.
+    pub const DEFAULT: Self = Self {
+        temperature: 0.2,
+        top_p: 1.0,
+        top_k: 50,
+        seed: 0,
+        max_new_tokens: 256,
+        logprobs: None,
+    };
+
     pub fn validate(&self) -> Result<(), String> {
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
             return Err(format!("temperature must be ≥ 0, got {}", self.temperature));

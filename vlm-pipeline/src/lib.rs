@@ -7,9 +7,12 @@
 pub mod backend;
 pub mod config;
 pub mod fastvlm;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod generate;
 pub mod image;
 mod jpeg;
+pub mod output;
 pub mod prompt;
 pub mod resize;
 pub mod tokenizer;

@@ -17,6 +17,9 @@ use tokenizers::{AddedToken, SplitDelimiterBehavior};
 /// Qwen2's pre-tokenisation pattern (`tokenization_qwen2.py`).
 pub const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
+/// Tokens only the prompt template may produce.
+const CONTROL_TOKENS: [&str; 4] = ["<|im_start|>", "<|im_end|>", "<|endoftext|>", "<image>"];
+
 /// A tokenizer that cannot be built or used.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizerError {
@@ -43,7 +46,7 @@ impl Tokenizer {
                     path: json.clone(),
                     reason: e.to_string(),
                 })?;
-            return Ok(Self { inner });
+            return Ok(Self::text_only(inner));
         }
         let (vocab, merges) = (dir.join("vocab.json"), dir.join("merges.txt"));
         if !vocab.is_file() || !merges.is_file() {
@@ -84,10 +87,24 @@ impl Tokenizer {
                 )));
             }
         }
-        Ok(Self { inner })
+        Ok(Self::text_only(inner))
     }
 
-    /// Token ids of `text`; special tokens written in the text (`<|im_start|>`) are recognised.
+    /// `inner` set to read special tokens spelled in text as plain text. The template's control
+    /// tokens, and `<image>` where a vocabulary has it, count as special even where a
+    /// `tokenizer.json` lists them as ordinary added tokens.
+    fn text_only(mut inner: tokenizers::Tokenizer) -> Self {
+        for control in CONTROL_TOKENS {
+            if inner.token_to_id(control).is_some() {
+                inner.add_special_tokens(&[AddedToken::from(control, true)]);
+            }
+        }
+        inner.set_encode_special_tokens(true);
+        Self { inner }
+    }
+
+    /// Token ids of `text` as plain text: special tokens written in it (`<|im_start|>`) are
+    /// tokenised as their characters, never as the control token (see [`crate::prompt`]).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
         let encoding = self
             .inner

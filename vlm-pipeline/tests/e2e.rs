@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use burn::tensor::Tensor;
 use common::{Cpu, fixtures, rel_l2};
-use vlm_pipeline::prompt::{DEFAULT_SYSTEM, qwen2_prompt, tokenize_with_image};
+use vlm_pipeline::prompt::{DEFAULT_SYSTEM, prompt_ids};
 use vlm_pipeline::{
     AspectRatio, FastVlm, GenerationOptions, Message, Request, Role, Weights, image,
 };
@@ -82,9 +82,8 @@ fn prompt_ids_match_the_reference_tokenizer() {
         role: Role::User,
         content: "Describe the image.".into(),
     }];
-    let prompt = qwen2_prompt(DEFAULT_SYSTEM, &messages, true);
     assert_eq!(
-        tokenize_with_image(&model.tokenizer, &prompt).unwrap(),
+        prompt_ids(&model.tokenizer, DEFAULT_SYSTEM, &messages, true).unwrap(),
         expected
     );
 }

@@ -60,17 +60,53 @@ fn jpegs_decode_to_pillows_pixels() {
     );
 }
 
-/// Cut and damaged JPEGs give a decoded image or a clear error, never a panic.
+/// A last scan that runs out of data (cut, then EOI) decodes as libjpeg decodes it: the unit
+/// being decoded completed with zero bits, the rest as earlier scans left it
+/// (`cargo xtask golden --only jpeg-cut` → xtask/python/jpeg_cut_golden.py).
+#[test]
+fn cut_jpegs_decode_to_pillows_pixels() {
+    let dir = fixtures().join("jpeg/cut");
+    let reference = Weights::open(&dir.join("decoded.safetensors")).unwrap();
+    let mut names = reference.names();
+    names.sort();
+    assert_eq!(names.len(), 15, "fixture set changed: {names:?}");
+    let mut failures = Vec::new();
+    for name in names {
+        let expected = reference
+            .get(name)
+            .unwrap()
+            .convert::<i64>()
+            .into_vec::<i64>()
+            .unwrap();
+        let got = image::load(&dir.join(name)).unwrap();
+        let differ = got
+            .data
+            .iter()
+            .zip(&expected)
+            .filter(|(g, e)| **g as i64 != **e)
+            .count();
+        println!("{name}: {differ} of {} bytes differ", expected.len());
+        if differ > 0 || got.data.len() != expected.len() {
+            failures.push(format!("{name}: {differ} bytes differ"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Cut and damaged JPEGs, every fixture, give a decoded image or a clear error, never a panic.
 #[test]
 fn damaged_jpegs_fail_cleanly() {
     let dir = fixtures().join("jpeg");
     let (mut decoded, mut refused) = (0, 0);
-    for name in [
-        "progressive_420_q80.jpg",
-        "restart_blocks_420.jpg",
-        "baseline_444_q95.jpg",
-    ] {
-        let bytes = std::fs::read(dir.join(name)).unwrap();
+    let mut names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".jpg"))
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 15);
+    for name in names {
+        let bytes = std::fs::read(dir.join(&name)).unwrap();
         assert!(image::decode(&bytes).is_ok(), "{name} intact");
         let mut cases: Vec<Vec<u8>> = (1..bytes.len())
             .step_by(97)
@@ -82,6 +118,9 @@ fn damaged_jpegs_fail_cleanly() {
                 damaged[at] = value;
                 cases.push(damaged);
             }
+            let mut flipped = bytes.clone();
+            flipped[at] ^= 0x10;
+            cases.push(flipped);
         }
         for case in cases {
             match image::decode(&case) {

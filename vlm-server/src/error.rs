@@ -38,6 +38,17 @@ impl ApiError {
         )
     }
 
+    pub fn unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "this server needs an API key: send `Authorization: Bearer KEY`",
+        )
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, message)
+    }
+
     pub fn no_model() -> Self {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -50,6 +61,8 @@ impl ApiError {
         match self.status {
             StatusCode::TOO_MANY_REQUESTS => "rate_limit_error",
             StatusCode::NOT_FOUND => "not_found_error",
+            StatusCode::UNAUTHORIZED => "authentication_error",
+            StatusCode::FORBIDDEN => "permission_error",
             StatusCode::SERVICE_UNAVAILABLE => "service_unavailable",
             s if s.is_client_error() => "invalid_request_error",
             _ => "server_error",
@@ -88,6 +101,10 @@ impl From<JobError> for ApiError {
         match e {
             JobError::NoModel => Self::no_model(),
             JobError::BadRequest(m) => Self::bad_request(m),
+            JobError::ModelChanged => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "another model was loaded while this request waited; send it again",
+            ),
             JobError::Internal(m) => Self::new(StatusCode::INTERNAL_SERVER_ERROR, m),
         }
     }

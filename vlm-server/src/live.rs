@@ -8,20 +8,19 @@
 
 use std::time::Instant;
 
+use axum::Extension;
 use axum::extract::State;
 use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
-use vlm_pipeline::prompt::IMAGE_MARKER;
 use vlm_pipeline::{FinishReason, GenerationOptions, Message, Role};
 
-use crate::AppState;
-use crate::error::ApiError;
+use crate::connections::ConnectionPermit;
 use crate::openai::decode_image;
 use crate::worker::{Event, GenerateJob, Job, JobError};
+use crate::{AppState, Limits, TEMPLATE_BYTES};
 
 /// The page's settings (all optional in a message; absent fields keep their value).
 #[derive(Debug, Clone, Deserialize)]
@@ -58,33 +57,24 @@ struct InFlight {
     events: UnboundedReceiver<Event>,
 }
 
-/// `GET /ws`. Browsers send any page's WebSocket to loopback, so a socket opened by another
-/// site (its `Origin` is not this server) is refused: no web page can drive the model or read
+/// `GET /ws`. Browsers send any page's WebSocket to loopback; the access check before this
+/// refuses one opened by a page of another origin, so no web page can drive the model or read
 /// the camera answers behind the user's back.
 pub async fn upgrade(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    permit: Option<Extension<ConnectionPermit>>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    if let Some(origin) = headers.get(header::ORIGIN) {
-        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-        let origin_host = origin
-            .to_str()
-            .ok()
-            .and_then(|o| o.split_once("://"))
-            .map(|(_, rest)| rest.trim_end_matches('/'));
-        if host.is_none() || origin_host != host {
-            return ApiError::new(
-                StatusCode::FORBIDDEN,
-                "WebSocket from another origin refused",
-            )
-            .into_response();
-        }
-    }
     let limit = app.limits.max_body_bytes;
-    ws.max_message_size(limit)
+    // A browser sends the API key as a subprotocol; the answer names the plain one.
+    ws.protocols(["fastvlm"])
+        .max_message_size(limit)
         .max_frame_size(limit)
-        .on_upgrade(move |socket| session(socket, app))
+        .on_upgrade(move |socket| async move {
+            // The socket counts against the connection cap for as long as it is open.
+            let _permit = permit;
+            session(socket, app).await
+        })
 }
 
 async fn session(mut socket: WebSocket, app: AppState) {
@@ -93,20 +83,41 @@ async fn session(mut socket: WebSocket, app: AppState) {
     let mut dropped = 0u64;
     let mut in_flight: Option<InFlight> = None;
     let mut waiting: Option<(u64, Instant, Vec<u8>)> = None;
+    let idle = app.limits.ws_idle_timeout;
+    let mut last_message = tokio::time::Instant::now();
 
     loop {
+        let busy = in_flight.is_some();
         let next_event = async {
             match in_flight.as_mut() {
                 Some(f) => f.events.recv().await,
                 None => std::future::pending().await,
             }
         };
+        // Idle: no message from the page for `idle`, and no answer under way.
+        let idle_deadline = async {
+            if busy {
+                std::future::pending().await
+            } else {
+                tokio::time::sleep_until(last_message + idle).await
+            }
+        };
         tokio::select! {
+            () = idle_deadline => {
+                let _ = socket
+                    .send(WsMessage::Close(Some(axum::extract::ws::CloseFrame {
+                        code: 1000,
+                        reason: "idle".into(),
+                    })))
+                    .await;
+                break;
+            }
             message = socket.recv() => {
                 let Some(Ok(message)) = message else { break };
+                last_message = tokio::time::Instant::now();
                 match message {
                     WsMessage::Text(text) => {
-                        if let Err(e) = apply(&mut config, text.as_str(), app.limits.max_tokens)
+                        if let Err(e) = apply(&mut config, text.as_str(), &app.limits)
                             && send(&mut socket, json!({"type": "error", "frame": null, "message": e})).await.is_err() {
                                 break;
                             }
@@ -205,13 +216,14 @@ async fn start(
     config: &Config,
     (frame, received, bytes): (u64, Instant, Vec<u8>),
 ) -> Result<InFlight, Value> {
-    if app.worker.ready_model().is_none() {
+    let Some((_, input)) = app.worker.ready() else {
         return Err(error_reply(Some(frame), &JobError::NoModel));
-    }
-    if app.worker.is_full() {
-        return Err(json!({"type": "dropped"}));
-    }
-    let image = decode_image(bytes, app.limits.max_image_pixels)
+    };
+    let slot = app
+        .worker
+        .reserve()
+        .map_err(|_| json!({"type": "dropped"}))?;
+    let image = decode_image(app, bytes, input)
         .await
         .map_err(|e| json!({"type": "error", "frame": frame, "message": e.message}))?;
     let (events, rx) = unbounded_channel();
@@ -229,9 +241,7 @@ async fn start(
         },
         events,
     };
-    app.worker
-        .submit(Job::Generate(job))
-        .map_err(|_| json!({"type": "dropped"}))?;
+    slot.submit(Job::Generate(job));
     Ok(InFlight {
         frame,
         received,
@@ -240,7 +250,7 @@ async fn start(
     })
 }
 
-fn apply(config: &mut Config, text: &str, max_tokens_limit: usize) -> Result<(), String> {
+fn apply(config: &mut Config, text: &str, limits: &Limits) -> Result<(), String> {
     let value: Value = serde_json::from_str(text).map_err(|e| format!("bad message: {e}"))?;
     if value["type"] != "config" {
         return Err(format!("unknown message type {}", value["type"]));
@@ -248,13 +258,18 @@ fn apply(config: &mut Config, text: &str, max_tokens_limit: usize) -> Result<(),
     let s: Settings = serde_json::from_value(value).map_err(|e| format!("bad config: {e}"))?;
     let mut next = config.clone();
     if let Some(p) = s.prompt {
-        if p.contains(IMAGE_MARKER) {
-            return Err(format!("the prompt may not contain `{IMAGE_MARKER}`"));
-        }
         next.prompt = p;
     }
     if let Some(sys) = s.system {
         next.system = (!sys.trim().is_empty()).then_some(sys);
+    }
+    let bytes =
+        next.prompt.len() + next.system.as_ref().map_or(0, String::len) + 2 * TEMPLATE_BYTES;
+    if bytes > limits.max_text_bytes {
+        return Err(format!(
+            "the prompt and system message are {bytes} bytes ({TEMPLATE_BYTES} per message for the template); at most {} are accepted",
+            limits.max_text_bytes
+        ));
     }
     if let Some(t) = s.temperature {
         if !(0.0..=2.0).contains(&t) {
@@ -263,9 +278,10 @@ fn apply(config: &mut Config, text: &str, max_tokens_limit: usize) -> Result<(),
         next.temperature = t;
     }
     if let Some(m) = s.max_tokens {
-        if m == 0 || m > max_tokens_limit {
+        if m == 0 || m > limits.max_tokens {
             return Err(format!(
-                "max_tokens must be between 1 and {max_tokens_limit}, got {m}"
+                "max_tokens must be between 1 and {}, got {m}",
+                limits.max_tokens
             ));
         }
         next.max_tokens = m;
@@ -277,6 +293,7 @@ fn apply(config: &mut Config, text: &str, max_tokens_limit: usize) -> Result<(),
 fn error_reply(frame: Option<u64>, e: &JobError) -> Value {
     let message = match e {
         JobError::NoModel => "no model loaded".to_string(),
+        JobError::ModelChanged => "another model was loaded meanwhile".to_string(),
         JobError::BadRequest(m) | JobError::Internal(m) => m.clone(),
     };
     json!({"type": "error", "frame": frame, "message": message})

@@ -1,21 +1,25 @@
 //! The inference worker: one thread owns the model, so the async runtime never blocks on it.
 //!
-//! Requests reach it through a bounded queue (a full queue is the caller's 429); every request
-//! carries its own event channel, and a request whose receiver is gone (the client left) is
-//! skipped or cancelled at the next token.
+//! Admission comes first: a request takes a [`Slot`] before its body is read or its image
+//! decoded (none left is the caller's 429), so at most `capacity + 1` requests hold memory at
+//! once, one running and `capacity` waiting. Every request carries its own event channel, and
+//! a request whose receiver is gone (the client left) is skipped or cancelled at the next
+//! token.
 
 use std::ops::ControlFlow;
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{Sender, channel};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use burn::tensor::backend::Backend;
 use serde::Serialize;
 use tokio::sync::mpsc::UnboundedSender;
 use vlm_pipeline::image::Rgb8;
-use vlm_pipeline::{FastVlm, Generation, GenerationOptions, Message, PipelineError, Request};
+use vlm_pipeline::{
+    AspectRatio, FastVlm, Generation, GenerationOptions, Message, PipelineError, Request,
+};
 
 /// Work for the model thread.
 pub(crate) enum Job {
@@ -28,7 +32,8 @@ pub(crate) enum Job {
 }
 
 pub(crate) struct GenerateJob {
-    pub image: Option<Rgb8>,
+    /// Already shrunk to the model's input by [`vlm_pipeline::image::prepare`].
+    pub image: Option<Prepared>,
     pub system: Option<String>,
     pub messages: Vec<Message>,
     pub options: GenerationOptions,
@@ -46,15 +51,31 @@ pub(crate) enum Event {
     Failed(JobError),
 }
 
+/// An image prepared for the model that was loaded when it arrived.
+pub(crate) struct Prepared {
+    pub image: Rgb8,
+    /// The model input it was prepared for.
+    pub input: ModelInput,
+}
+
+/// What a loaded model takes as image input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ModelInput {
+    pub size: usize,
+    pub aspect: AspectRatio,
+}
+
 #[derive(Debug, Clone)]
 pub(crate) enum JobError {
     NoModel,
     /// The request itself is wrong (image, prompt length, options).
     BadRequest(String),
+    /// Another model was loaded while the request waited.
+    ModelChanged,
     Internal(String),
 }
 
-/// The queue is full: the caller answers 429.
+/// No slot is free: the caller answers 429.
 #[derive(Debug)]
 pub(crate) struct QueueFull;
 
@@ -74,7 +95,7 @@ pub struct Status {
 
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
 pub struct QueueStatus {
-    /// Requests accepted and not yet started.
+    /// Requests accepted and not yet started (their bodies and images may still be read).
     pub depth: usize,
     pub capacity: usize,
 }
@@ -83,13 +104,15 @@ pub struct QueueStatus {
 enum ModelState {
     Empty,
     Loading { model: String, progress: f32 },
-    Ready { model: String },
+    Ready { model: String, input: ModelInput },
     Failed { model: String, message: String },
 }
 
 struct Shared {
     state: Mutex<ModelState>,
-    depth: AtomicUsize,
+    /// Requests holding a slot: reserved, queued or running.
+    admitted: AtomicUsize,
+    running: AtomicBool,
     capacity: usize,
     backend: String,
 }
@@ -104,12 +127,40 @@ impl Shared {
 /// A handle on the model thread; cheap to clone. The thread ends when the last handle drops.
 #[derive(Clone)]
 pub(crate) struct Worker {
-    jobs: SyncSender<Job>,
+    jobs: Sender<Job>,
     shared: Arc<Shared>,
 }
 
+/// A place in the queue, held from before a request's body is read until its job is done;
+/// dropped unused, it frees the place.
+pub(crate) struct Slot {
+    jobs: Sender<Job>,
+    shared: Arc<Shared>,
+    used: bool,
+}
+
+impl Slot {
+    /// Hands the job to the model thread; the slot is freed when the job is done.
+    pub fn submit(mut self, job: Job) {
+        self.used = true;
+        if self.jobs.send(job).is_err() {
+            // The model thread is gone; the job's channel closing tells the caller.
+            self.shared.admitted.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if !self.used {
+            self.shared.admitted.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
 impl Worker {
-    /// Starts the model thread on `device`; `capacity` requests may wait behind the running one.
+    /// Starts the model thread on `device`; `capacity` requests may wait behind the running one
+    /// (0: none waits, a request is admitted only when the model is idle).
     /// `warm_up` runs a one-token request after each load, so that kernel compilation and
     /// autotuning (GPU backends) are not paid by the first user.
     pub fn spawn<B: Backend>(
@@ -118,10 +169,12 @@ impl Worker {
         backend: String,
         warm_up: bool,
     ) -> Self {
-        let (jobs, rx) = sync_channel::<Job>(capacity);
+        // Unbounded: slots bound what is in it.
+        let (jobs, rx) = channel::<Job>();
         let shared = Arc::new(Shared {
             state: Mutex::new(ModelState::Empty),
-            depth: AtomicUsize::new(0),
+            admitted: AtomicUsize::new(0),
+            running: AtomicBool::new(false),
             capacity,
             backend,
         });
@@ -131,53 +184,54 @@ impl Worker {
             .spawn(move || {
                 let mut model: Option<FastVlm<B>> = None;
                 for job in rx {
-                    thread_shared.depth.fetch_sub(1, Ordering::SeqCst);
+                    thread_shared.running.store(true, Ordering::SeqCst);
                     match job {
                         Job::Load { name, dir } => {
                             load(&thread_shared, &mut model, name, dir, &device, warm_up)
                         }
                         Job::Generate(job) => generate(model.as_ref(), job),
                     }
+                    thread_shared.running.store(false, Ordering::SeqCst);
+                    thread_shared.admitted.fetch_sub(1, Ordering::SeqCst);
                 }
             })
             .expect("spawning the model thread");
         Self { jobs, shared }
     }
 
-    /// Queues a job, or says the queue is full.
-    pub fn submit(&self, job: Job) -> Result<(), QueueFull> {
-        self.shared.depth.fetch_add(1, Ordering::SeqCst);
-        match self.jobs.try_send(job) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.shared.depth.fetch_sub(1, Ordering::SeqCst);
-                Err(QueueFull)
-            }
-        }
-    }
-
-    /// Whether a submit would be refused now: lets a handler answer 429 before decoding an
-    /// image it would throw away. (Racy by nature; `submit` is the real check.)
-    pub fn is_full(&self) -> bool {
-        self.shared.depth.load(Ordering::SeqCst) >= self.shared.capacity
+    /// A slot for one request, or [`QueueFull`] when `capacity + 1` are admitted already.
+    pub fn reserve(&self) -> Result<Slot, QueueFull> {
+        let limit = self.shared.capacity + 1;
+        self.shared
+            .admitted
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .map_err(|_| QueueFull)?;
+        Ok(Slot {
+            jobs: self.jobs.clone(),
+            shared: self.shared.clone(),
+            used: false,
+        })
     }
 
     /// Marks `name` as loading at once (before the job runs), so that clients polling the
     /// status never see the old state after asking for a load.
     pub fn load(&self, name: String, dir: PathBuf) -> Result<(), QueueFull> {
-        let previous = self.shared.state().clone();
+        let slot = self.reserve()?;
         *self.shared.state() = ModelState::Loading {
             model: name.clone(),
             progress: 0.0,
         };
-        self.submit(Job::Load { name, dir }).inspect_err(|_| {
-            *self.shared.state() = previous;
-        })
+        slot.submit(Job::Load { name, dir });
+        Ok(())
     }
 
     pub fn status(&self) -> Status {
+        let admitted = self.shared.admitted.load(Ordering::SeqCst);
+        let running = usize::from(self.shared.running.load(Ordering::SeqCst));
         let queue = QueueStatus {
-            depth: self.shared.depth.load(Ordering::SeqCst),
+            depth: admitted.saturating_sub(running),
             capacity: self.shared.capacity,
         };
         let (state, model, progress, error) = match self.shared.state().clone() {
@@ -185,7 +239,7 @@ impl Worker {
             ModelState::Loading { model, progress } => {
                 ("loading", Some(model), Some(progress), None)
             }
-            ModelState::Ready { model } => ("ready", Some(model), None, None),
+            ModelState::Ready { model, .. } => ("ready", Some(model), None, None),
             ModelState::Failed { model, message } => ("error", Some(model), None, Some(message)),
         };
         Status {
@@ -200,8 +254,13 @@ impl Worker {
 
     /// The model answering requests, if one is ready.
     pub fn ready_model(&self) -> Option<String> {
+        self.ready().map(|(model, _)| model)
+    }
+
+    /// The model answering requests and its image input, if one is ready.
+    pub fn ready(&self) -> Option<(String, ModelInput)> {
         match &*self.shared.state() {
-            ModelState::Ready { model } => Some(model.clone()),
+            ModelState::Ready { model, input } => Some((model.clone(), *input)),
             _ => None,
         }
     }
@@ -230,33 +289,20 @@ fn load<B: Backend>(
         })
         .map_err(|e| e.to_string())?;
         if warm_up {
-            let request = Request {
-                image: Some(Rgb8 {
-                    width: 32,
-                    height: 32,
-                    data: vec![0; 32 * 32 * 3],
-                }),
-                system: None,
-                messages: vec![Message {
-                    role: vlm_pipeline::Role::User,
-                    content: "Hi".into(),
-                }],
-                options: GenerationOptions {
-                    temperature: 0.0,
-                    max_new_tokens: 2,
-                    ..Default::default()
-                },
-            };
             loaded
-                .generate(&request, &mut |_| ControlFlow::Continue(()))
+                .warm_up()
                 .map_err(|e| format!("warm-up failed: {e}"))?;
         }
         Ok::<_, String>(loaded)
     }));
     let next = match result {
         Ok(Ok(loaded)) => {
+            let input = ModelInput {
+                size: loaded.config.image_size,
+                aspect: loaded.config.aspect_ratio,
+            };
             *model = Some(loaded);
-            ModelState::Ready { model: name }
+            ModelState::Ready { model: name, input }
         }
         Ok(Err(message)) => ModelState::Failed {
             model: name,
@@ -279,24 +325,25 @@ fn generate<B: Backend>(model: Option<&FastVlm<B>>, job: GenerateJob) {
         let _ = events.send(Event::Failed(JobError::NoModel));
         return;
     };
+    let input = ModelInput {
+        size: model.config.image_size,
+        aspect: model.config.aspect_ratio,
+    };
+    if job.image.as_ref().is_some_and(|p| p.input != input) {
+        let _ = events.send(Event::Failed(JobError::ModelChanged));
+        return;
+    }
     let _ = events.send(Event::Started);
     let request = Request {
-        image: job.image,
+        image: job.image.map(|p| p.image),
         system: job.system,
         messages: job.messages,
         options: job.options,
     };
-    let mut started = false;
     let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
         model.generate(&request, &mut |event| {
-            let text = if started {
-                event.text
-            } else {
-                event.text.trim_start()
-            };
-            if !text.is_empty() {
-                started = true;
-                let _ = events.send(Event::Token(text.to_string()));
+            if !event.text.is_empty() {
+                let _ = events.send(Event::Token(event.text.to_string()));
             }
             if events.is_closed() {
                 ControlFlow::Break(())

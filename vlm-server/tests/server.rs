@@ -225,9 +225,17 @@ fn prompt_over_the_context_is_a_400() {
 #[test]
 fn models_health_and_loading() {
     let server = TestServer::start(false, |_| {});
-    let (_, health) = server.get("/health");
-    assert_eq!(health["status"], "ok");
-    assert_eq!(health["state"], "empty");
+    // Readiness: no model, no 200.
+    let (code, health) = server.get("/health");
+    assert_eq!(code, 503, "{health}");
+    assert!(
+        health["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no model")
+    );
+    let (_, status) = server.get("/api/status");
+    assert_eq!(status["state"], "empty");
     let (status, reply) = server.post("/v1/chat/completions", &chat("wide.png", "x", 4));
     assert_eq!(status, 503, "{reply}");
     assert!(
@@ -262,8 +270,10 @@ fn models_health_and_loading() {
     assert_eq!(models["object"], "list");
     assert_eq!(models["data"][0]["id"], MODEL);
     assert_eq!(models["data"][0]["loaded"], true);
-    let (_, health) = server.get("/health");
+    let (code, health) = server.get("/health");
+    assert_eq!(code, 200);
     assert_eq!(health["state"], "ready");
+    assert_eq!(health["status"], "ok");
     let (status, _) = server.post("/v1/chat/completions", &chat("wide.png", "x", 2));
     assert_eq!(status, 200);
 }

@@ -1,6 +1,6 @@
 //! `cargo xtask <task>`: developer tasks that need more than cargo.
 //!
-//! - `golden [--only fastvithd|qwen2|e2e|jpeg]`: regenerates the committed parity fixtures under `fixtures/` from
+//! - `golden [--only fastvithd|qwen2|e2e|jpeg|jpeg-cut]`: regenerates the committed parity fixtures under `fixtures/` from
 //!   the Python references (timm, transformers) in a virtual environment this task creates
 //!   (`.venv/` at the repository root, or `$FASTVLM_VENV`). `cargo test` never needs it.
 //! - `make-checkpoint --variant tiny|0.5b|1.5b|7b [--layers N] --out DIR [--image IMG]
@@ -18,6 +18,11 @@
 //!   regenerates that checkpoint there and compares every backend and precision with them;
 //!   with `--kernel-cache`, an earlier run's `kernels.tar.xz` (compiled kernels, autotune
 //!   results), which `run.sh` unpacks before anything compiles.
+//! - `fuzz [TARGET…] [--seconds N]`: builds the cargo-fuzz targets of `fuzz/` (nightly,
+//!   sanitizers; `cargo install cargo-fuzz`) and runs each for N seconds (default 60) on a
+//!   working corpus under `fuzz/corpus/` seeded from `fuzz/seeds/`, `fuzz/regressions/` and the
+//!   fixtures, with a 1 s per-input timeout and a 2 GiB memory cap; prints executions, exec/s
+//!   and coverage per target, and fails if one finds a crash (kept under `fuzz/artifacts/`).
 //! - `bench-report [--backend cpu|cuda|wgpu] [--res 256,…] [--iters N] [--tokens N]
 //!   [--dtypes f32,bf16] [--compile] [--label NAME]`: builds `fastvlm-bench` (release,
 //!   the backend's feature), runs it and the PyTorch reference in the same run
@@ -35,6 +40,12 @@ const GENERATORS: &[(&str, &str, &str)] = &[
     ("qwen2", "xtask/python/qwen2_golden.py", "fixtures/qwen2"),
     ("e2e", "xtask/python/e2e_golden.py", "fixtures/e2e"),
     ("jpeg", "xtask/python/jpeg_golden.py", "fixtures/jpeg"),
+    // After `jpeg`: cuts its files.
+    (
+        "jpeg-cut",
+        "xtask/python/jpeg_cut_golden.py",
+        "fixtures/jpeg/cut",
+    ),
 ];
 
 fn main() -> ExitCode {
@@ -45,6 +56,7 @@ fn main() -> ExitCode {
         Some("verify") => verify(&args[1..]),
         Some("bench-report") => bench_report(&args[1..]),
         Some("device-check") => device_check(&args[1..]),
+        Some("fuzz") => fuzz(&args[1..]),
         Some("-h" | "--help") | None => {
             println!(
                 "usage: cargo xtask golden [--only NAME]\n\ngenerators: {}",
@@ -330,6 +342,178 @@ fn device_check(args: &[String]) -> Result<(), String> {
     );
     if size > 60 << 20 {
         return Err("the bundle exceeds the 60 MiB the device tool carries".into());
+    }
+    Ok(())
+}
+
+/// The cargo-fuzz targets, and the fixture directories (with the file endings to take) that
+/// seed each besides its `fuzz/seeds/` and `fuzz/regressions/`.
+const FUZZ_TARGETS: &[(&str, &[(&str, &str)])] = &[
+    (
+        "jpeg",
+        &[("fixtures/jpeg", "jpg"), ("fixtures/jpeg/cut", "jpg")],
+    ),
+    (
+        "image",
+        &[
+            ("fixtures/e2e/images", ""),
+            ("fixtures/jpeg", "jpg"),
+            ("fixtures/jpeg/cut", "jpg"),
+        ],
+    ),
+    ("chat_request", &[]),
+    ("weights_config", &[]),
+    ("unpack", &[]),
+];
+
+fn fuzz(args: &[String]) -> Result<(), String> {
+    let mut seconds = 60u64;
+    let mut targets: Vec<&str> = Vec::new();
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--seconds" => {
+                seconds = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .ok_or("`--seconds` needs a whole number")?
+            }
+            name => match FUZZ_TARGETS.iter().find(|t| t.0 == name) {
+                Some(t) => targets.push(t.0),
+                None => {
+                    let all: Vec<&str> = FUZZ_TARGETS.iter().map(|t| t.0).collect();
+                    return Err(format!(
+                        "unknown fuzz target `{name}` (have: {})",
+                        all.join(", ")
+                    ));
+                }
+            },
+        }
+    }
+    if targets.is_empty() {
+        targets = FUZZ_TARGETS.iter().map(|t| t.0).collect();
+    }
+    let found = Command::new("cargo")
+        .args(["+nightly", "fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        return Err(
+            "cargo-fuzz on a nightly toolchain is needed: `rustup toolchain install nightly` and `cargo install cargo-fuzz`"
+                .into(),
+        );
+    }
+    let started = std::time::Instant::now();
+    // Each target built before any runs, so that no run's time goes to building.
+    for t in &targets {
+        run(Command::new("cargo")
+            .current_dir(root())
+            .args(["+nightly", "fuzz", "build", t]))?;
+    }
+    eprintln!(
+        "xtask: fuzz targets built in {} s",
+        started.elapsed().as_secs()
+    );
+    let mut summary = Vec::new();
+    let mut failed = Vec::new();
+    for &target in &targets {
+        let corpus = root().join("fuzz/corpus").join(target);
+        seed_corpus(target, &corpus)?;
+        let log_dir = root().join("fuzz/artifacts").join(target);
+        std::fs::create_dir_all(&log_dir).map_err(|e| e.to_string())?;
+        let log = log_dir.join("fuzz.log");
+        let log_file = std::fs::File::create(&log).map_err(|e| e.to_string())?;
+        eprintln!(
+            "xtask: fuzzing {target} for {seconds} s (log: {})",
+            log.display()
+        );
+        let status = Command::new("cargo")
+            .current_dir(root())
+            .args(["+nightly", "fuzz", "run", target])
+            .arg(&corpus)
+            .args([
+                "--",
+                &format!("-max_total_time={seconds}"),
+                "-timeout=1",
+                "-rss_limit_mb=2048",
+                "-malloc_limit_mb=2048",
+                "-print_final_stats=1",
+            ])
+            .stdout(log_file.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log_file)
+            .status()
+            .map_err(|e| format!("cannot run cargo fuzz: {e}"))?;
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let stat = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("stat::{name}:")))
+                .map(|v| v.trim().to_string())
+                .unwrap_or_else(|| "?".into())
+        };
+        let last = text
+            .lines()
+            .rfind(|l| l.starts_with('#') && l.contains("cov:"))
+            .unwrap_or("");
+        let field = |name: &str| {
+            last.split_whitespace()
+                .skip_while(|w| *w != name)
+                .nth(1)
+                .unwrap_or("?")
+                .to_string()
+        };
+        let corpus_size = std::fs::read_dir(&corpus).map_or(0, |d| d.count());
+        summary.push(format!(
+            "{target:<15} {:>12} runs {:>8} exec/s  cov {:>6}  ft {:>6}  corpus {:>5}  {}",
+            stat("number_of_executed_units"),
+            stat("average_exec_per_sec"),
+            field("cov:"),
+            field("ft:"),
+            corpus_size,
+            if status.success() { "ok" } else { "FAILED" }
+        ));
+        if !status.success() {
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            eprintln!("{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+            failed.push(target);
+        }
+    }
+    println!("{}", summary.join("\n"));
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "fuzzing found crashes in {} (inputs under fuzz/artifacts/; copy each into fuzz/regressions/TARGET/ with its fix)",
+            failed.join(", ")
+        ))
+    }
+}
+
+/// Fills `corpus` with the target's seeds, findings and fixtures (files already there stay).
+fn seed_corpus(target: &str, corpus: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(corpus).map_err(|e| e.to_string())?;
+    let fixtures = FUZZ_TARGETS
+        .iter()
+        .find(|t| t.0 == target)
+        .map_or(&[][..], |t| t.1);
+    let mut sources: Vec<(PathBuf, &str)> = vec![
+        (root().join("fuzz/seeds").join(target), ""),
+        (root().join("fuzz/regressions").join(target), ""),
+    ];
+    sources.extend(fixtures.iter().map(|(d, ext)| (root().join(d), *ext)));
+    for (dir, ext) in sources {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            let wanted = ext.is_empty() || path.extension().is_some_and(|e| e == ext);
+            if !path.is_file() || !wanted {
+                continue;
+            }
+            let name = format!(
+                "seed-{}-{}",
+                dir.file_name().unwrap_or_default().to_string_lossy(),
+                entry.file_name().to_string_lossy()
+            );
+            std::fs::copy(&path, corpus.join(name)).map_err(|e| e.to_string())?;
+        }
     }
     Ok(())
 }

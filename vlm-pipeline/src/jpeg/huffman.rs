@@ -10,8 +10,13 @@ pub(super) struct BitReader<'a> {
     pub(super) pos: usize,
     acc: u64,
     bits: u32,
+    /// How many of the `bits` (the last ones) are zeros padded in past the marker.
+    pad: u32,
     /// Set once a marker (or the end of the data) has been reached.
     at_marker: bool,
+    /// Set once a bit past the marker was consumed: the segment ran out of data (libjpeg's
+    /// `insufficient_data`), cleared by a restart marker.
+    pub(super) exhausted: bool,
 }
 
 impl<'a> BitReader<'a> {
@@ -21,7 +26,9 @@ impl<'a> BitReader<'a> {
             pos,
             acc: 0,
             bits: 0,
+            pad: 0,
             at_marker: false,
+            exhausted: false,
         }
     }
 
@@ -29,11 +36,13 @@ impl<'a> BitReader<'a> {
     fn fill(&mut self) {
         while self.bits <= 56 {
             let byte = if self.at_marker {
+                self.pad += 8;
                 0
             } else {
                 match self.data.get(self.pos) {
                     None => {
                         self.at_marker = true;
+                        self.pad += 8;
                         0
                     }
                     Some(&0xFF) => {
@@ -48,6 +57,7 @@ impl<'a> BitReader<'a> {
                         } else {
                             self.pos = next - 1;
                             self.at_marker = true;
+                            self.pad += 8;
                             0
                         }
                     }
@@ -70,6 +80,12 @@ impl<'a> BitReader<'a> {
     fn consume(&mut self, n: u32) {
         self.acc <<= n;
         self.bits -= n;
+        // The padding is the accumulator's tail: fewer bits left than padded means some of the
+        // zeros handed out were not data.
+        if self.bits < self.pad {
+            self.pad = self.bits;
+            self.exhausted = true;
+        }
     }
 
     pub(super) fn bits(&mut self, n: u32) -> u32 {
@@ -102,6 +118,7 @@ impl<'a> BitReader<'a> {
     pub(super) fn restart(&mut self) -> Result<(), JpegError> {
         self.acc = 0;
         self.bits = 0;
+        self.pad = 0;
         if !self.at_marker {
             // Any bytes before the marker are padding the encoder left.
             self.skip_to_marker();
@@ -113,10 +130,24 @@ impl<'a> BitReader<'a> {
             Some([0xFF, m]) if (0xD0..=0xD7).contains(m) => {
                 self.pos += 2;
                 self.at_marker = false;
+                self.exhausted = false;
                 Ok(())
             }
             _ => Err(JpegError::Corrupt("missing restart marker")),
         }
+    }
+
+    /// Whether the reader stands on a restart marker (fill bytes before it allowed), where
+    /// [`BitReader::restart`] resumes.
+    pub(super) fn at_restart_marker(&self) -> bool {
+        let mut at = self.pos;
+        if !self.at_marker {
+            return false;
+        }
+        while self.data.get(at + 1) == Some(&0xFF) {
+            at += 1;
+        }
+        matches!(self.data.get(at..at + 2), Some([0xFF, m]) if (0xD0..=0xD7).contains(m))
     }
 
     /// The position of the marker after the segment.
@@ -191,20 +222,24 @@ impl Huffman {
         })
     }
 
-    pub(super) fn decode(&self, r: &mut BitReader) -> Result<u8, JpegError> {
+    /// The next symbol.
+    pub(super) fn decode(&self, r: &mut BitReader) -> u8 {
         let (len, value) = self.lookup[r.peek(LOOKUP_BITS) as usize];
         if len > 0 {
             r.consume(len as u32);
-            return Ok(value);
+            return value;
         }
         let bits = r.peek(16);
         for len in LOOKUP_BITS + 1..=16 {
             let code = (bits >> (16 - len)) as i32;
             if code <= self.max_code[len as usize] {
                 r.consume(len);
-                return Ok(self.values[(code + self.offset[len as usize]) as usize]);
+                return self.values[(code + self.offset[len as usize]) as usize];
             }
         }
-        Err(JpegError::Corrupt("bad Huffman code"))
+        // No code: libjpeg (`jpeg_huff_decode`) reads on to its 17-bit sentinel and fakes a
+        // zero, warning; so does this decoder.
+        r.consume(17);
+        0
     }
 }

@@ -22,7 +22,23 @@ use upsample::{Plane, upsample, ycc_to_rgb};
 pub(crate) enum JpegError {
     #[error("corrupt JPEG: {0}")]
     Corrupt(&'static str),
+    /// The file asks for more work than any real JPEG needs: refused, not decoded elsewhere.
+    #[error("{0}")]
+    Limit(String),
 }
+
+/// Most scans a file may have. A progressive JPEG needs at most 14 per coefficient band and
+/// component (a first scan and 13 refinements); encoders write about 10 in all.
+pub(crate) const MAX_SCANS: usize = 1000;
+
+/// Most marker segments (tables, application data, scans) a file may have.
+pub(crate) const MAX_SEGMENTS: usize = 5 * MAX_SCANS;
+
+/// Entropy-decoding budget, in coefficient visits per allocated coefficient of the frame. A
+/// conforming file visits each coefficient in at most 14 scans (a first scan and 13 successive
+/// refinements), a baseline file once, the usual progressive script about 3 times; past 16 the
+/// file is only making the decoder work.
+const WORK_PER_COEFFICIENT: u64 = 16;
 
 /// The result of [`decode`].
 pub(crate) enum Decoded {
@@ -36,11 +52,14 @@ pub(crate) enum Decoded {
     Unsupported,
 }
 
-/// Position in natural (row-major) order of the k-th zig-zag coefficient.
-const ZIGZAG: [usize; 64] = [
+/// Position in natural (row-major) order of the k-th zig-zag coefficient, and 16 more entries
+/// at the last coefficient: a corrupt run may carry k up to 78, which libjpeg
+/// (`jpeg_natural_order`) writes there rather than failing, and so does this decoder.
+const ZIGZAG: [usize; 80] = [
     0, 1, 8, 16, 9, 2, 3, 10, 17, 24, 32, 25, 18, 11, 4, 5, 12, 19, 26, 33, 40, 48, 41, 34, 27, 20,
     13, 6, 7, 14, 21, 28, 35, 42, 49, 56, 57, 50, 43, 36, 29, 22, 15, 23, 30, 37, 44, 51, 58, 59,
-    52, 45, 38, 31, 39, 46, 53, 60, 61, 54, 47, 55, 62, 63,
+    52, 45, 38, 31, 39, 46, 53, 60, 61, 54, 47, 55, 62, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63,
+    63, 63, 63, 63, 63, 63,
 ];
 
 struct Component {
@@ -85,12 +104,16 @@ struct Scan {
     al: u32,
 }
 
-/// Decodes `bytes` (starting with SOI) to RGB, refusing images above `max_pixels`.
-pub(crate) fn decode(bytes: &[u8], max_pixels: u64) -> Result<Decoded, JpegError> {
+/// Decodes `bytes` (starting with SOI) to RGB, refusing frames above `max_pixels` or with a
+/// side above `max_side`, more than [`MAX_SCANS`] scans, or more entropy-decoding work than
+/// [`WORK_PER_COEFFICIENT`] allows.
+pub(crate) fn decode(bytes: &[u8], max_pixels: u64, max_side: u32) -> Result<Decoded, JpegError> {
     if bytes.get(..2) != Some(&[0xFF, 0xD8]) {
         return Err(JpegError::Corrupt("no SOI marker"));
     }
     let mut pos = 2;
+    let (mut segments, mut scans) = (0usize, 0usize);
+    let mut work = Work::default();
     let mut quant: [Option<[u16; 64]>; 4] = [None; 4];
     let mut dc: [Option<Huffman>; 4] = Default::default();
     let mut ac: [Option<Huffman>; 4] = Default::default();
@@ -125,6 +148,12 @@ pub(crate) fn decode(bytes: &[u8], max_pixels: u64) -> Result<Decoded, JpegError
             .filter(|_| len >= 2)
             .ok_or(JpegError::Corrupt("truncated segment"))?;
         pos += len;
+        segments += 1;
+        if segments > MAX_SEGMENTS {
+            return Err(JpegError::Limit(format!(
+                "the JPEG has more than {MAX_SEGMENTS} marker segments"
+            )));
+        }
         match marker {
             0xE0 if seg.starts_with(b"JFIF\0") => jfif = true,
             0xEE if seg.starts_with(b"Adobe") && seg.len() >= 12 => {
@@ -142,8 +171,15 @@ pub(crate) fn decode(bytes: &[u8], max_pixels: u64) -> Result<Decoded, JpegError
                 if frame.is_some() {
                     return Err(JpegError::Corrupt("two frames"));
                 }
-                match read_frame(seg, marker == 0xC2, max_pixels)? {
-                    Some(f) => frame = Some(f),
+                match read_frame(seg, marker == 0xC2, max_pixels, max_side)? {
+                    Some(f) => {
+                        work.budget = f
+                            .components
+                            .iter()
+                            .map(|c| c.coefs.len() as u64 * 64 * WORK_PER_COEFFICIENT)
+                            .sum();
+                        frame = Some(f);
+                    }
                     None => return Ok(Decoded::Unsupported),
                 }
             }
@@ -151,6 +187,12 @@ pub(crate) fn decode(bytes: &[u8], max_pixels: u64) -> Result<Decoded, JpegError
                 return Ok(Decoded::Unsupported);
             }
             0xDA => {
+                scans += 1;
+                if scans > MAX_SCANS {
+                    return Err(JpegError::Limit(format!(
+                        "the JPEG has more than {MAX_SCANS} scans"
+                    )));
+                }
                 let f = frame
                     .as_mut()
                     .ok_or(JpegError::Corrupt("scan before frame"))?;
@@ -164,13 +206,13 @@ pub(crate) fn decode(bytes: &[u8], max_pixels: u64) -> Result<Decoded, JpegError
                         );
                     }
                 }
-                pos = decode_scan(bytes, pos, f, &scan, &dc, &ac, restart_interval)?;
+                pos = decode_scan(bytes, pos, f, &scan, &dc, &ac, restart_interval, &mut work)?;
             }
             _ => {}
         }
     }
 
-    let f = frame.ok_or(JpegError::Corrupt("no frame"))?;
+    let mut f = frame.ok_or(JpegError::Corrupt("no frame"))?;
     // libjpeg smooths progressive blocks whose low coefficients are not fully refined; the
     // common encoders refine every coefficient to bit 0.
     if f.progressive
@@ -180,21 +222,26 @@ pub(crate) fn decode(bytes: &[u8], max_pixels: u64) -> Result<Decoded, JpegError
     {
         return Ok(Decoded::Unsupported);
     }
-    let planes: Vec<Vec<u8>> = f.components.iter().map(samples).collect::<Result<_, _>>()?;
-    let full: Vec<Vec<u8>> = f
-        .components
-        .iter()
-        .zip(&planes)
-        .map(|(c, p)| {
-            let plane = Plane {
-                samples: p,
-                stride: c.blocks_w * 8,
-                width: c.width,
-                height: c.height,
-            };
-            upsample(&plane, f.h_max / c.h, f.v_max / c.v, f.width, f.height)
-        })
-        .collect();
+    // Each stage's buffers go as soon as the next has what it needs: at 4096² the coefficients,
+    // the samples and the RGB are 50 MB each.
+    let mut full = Vec::with_capacity(f.components.len());
+    for c in &mut f.components {
+        let samples = samples(c)?;
+        c.coefs = Vec::new();
+        let plane = Plane {
+            samples: &samples,
+            stride: c.blocks_w * 8,
+            width: c.width,
+            height: c.height,
+        };
+        full.push(upsample(
+            &plane,
+            f.h_max / c.h,
+            f.v_max / c.v,
+            f.width,
+            f.height,
+        ));
+    }
     let data = match full.as_slice() {
         [grey] => grey.iter().flat_map(|&g| [g; 3]).collect(),
         [a, b, c] => {
@@ -234,7 +281,7 @@ fn read_quant(mut seg: &[u8], quant: &mut [Option<[u16; 64]>; 4]) -> Result<(), 
             return Err(JpegError::Corrupt("DQT"));
         }
         let mut table = [0u16; 64];
-        for (k, &natural) in ZIGZAG.iter().enumerate() {
+        for (k, &natural) in ZIGZAG[..64].iter().enumerate() {
             table[natural] = if precision == 0 {
                 seg[1 + k] as u16
             } else {
@@ -274,7 +321,12 @@ fn read_huffman(
 }
 
 /// The frame header; `None` for frames left to another decoder.
-fn read_frame(seg: &[u8], progressive: bool, max_pixels: u64) -> Result<Option<Frame>, JpegError> {
+fn read_frame(
+    seg: &[u8],
+    progressive: bool,
+    max_pixels: u64,
+    max_side: u32,
+) -> Result<Option<Frame>, JpegError> {
     if seg.len() < 6 {
         return Err(JpegError::Corrupt("SOF"));
     }
@@ -295,8 +347,10 @@ fn read_frame(seg: &[u8], progressive: bool, max_pixels: u64) -> Result<Option<F
         // Height 0 (set later by a DNL marker) and empty images: the `image` crate reports them.
         return Ok(None);
     }
-    if (width as u64) * (height as u64) > max_pixels {
-        return Ok(None);
+    if (width as u64) * (height as u64) > max_pixels || width.max(height) > max_side as usize {
+        return Err(JpegError::Limit(format!(
+            "the JPEG frame is {width}×{height} pixels, over the limits ({max_pixels} pixels, {max_side} per side)"
+        )));
     }
     let mut components = Vec::with_capacity(n);
     for c in seg[6..6 + 3 * n].chunks_exact(3) {
@@ -392,7 +446,19 @@ fn read_scan(seg: &[u8], f: &Frame) -> Result<Scan, JpegError> {
     Ok(scan)
 }
 
+/// Entropy-decoding work done so far and allowed, in coefficient visits.
+#[derive(Default)]
+struct Work {
+    done: u64,
+    budget: u64,
+}
+
 /// Decodes one scan's entropy-coded data from `pos`; the position of the marker after it.
+///
+/// A scan whose data runs out (a marker or the end of the file where more bits were needed)
+/// ends there, as in libjpeg: the unit being decoded is completed with zero bits and the units
+/// after it keep what earlier scans gave them, up to the next restart marker if one follows.
+#[allow(clippy::too_many_arguments)]
 fn decode_scan<'t>(
     bytes: &[u8],
     pos: usize,
@@ -401,6 +467,7 @@ fn decode_scan<'t>(
     dc: &'t [Option<Huffman>; 4],
     ac: &'t [Option<Huffman>; 4],
     restart_interval: usize,
+    work: &mut Work,
 ) -> Result<usize, JpegError> {
     // The tables each scan component reads; `None` where the scan does not code that part.
     let tables = |tables: &'t [Option<Huffman>; 4], ids: &[usize], needed: bool| {
@@ -426,12 +493,43 @@ fn decode_scan<'t>(
     } else {
         (f.mcus_x, f.mcus_y)
     };
+    let units = units_x * units_y;
+    // Coefficients of one unit the scan visits: its blocks times the band.
+    let unit_cost = (scan.se - scan.ss + 1) as u64
+        * if single {
+            1
+        } else {
+            scan.components
+                .iter()
+                .map(|&c| (f.components[c].h * f.components[c].v) as u64)
+                .sum()
+        };
     let mut blocks: Vec<(usize, usize)> = Vec::new();
-    for unit in 0..units_x * units_y {
+    let mut unit = 0;
+    while unit < units {
         if restart_interval > 0 && unit > 0 && unit % restart_interval == 0 {
+            if r.exhausted && !r.at_restart_marker() {
+                // Out of data and no restart marker to resume at: the scan is over.
+                break;
+            }
             r.restart()?;
             pred.iter_mut().for_each(|p| *p = 0);
             eob_run = 0;
+        }
+        if r.exhausted {
+            // Nothing more to read before the next restart marker (or the end of the scan).
+            unit = if restart_interval > 0 {
+                (unit / restart_interval + 1) * restart_interval
+            } else {
+                units
+            };
+            continue;
+        }
+        work.done += unit_cost;
+        if work.done > work.budget {
+            return Err(JpegError::Limit(format!(
+                "the JPEG's scans decode more than {WORK_PER_COEFFICIENT} times the image's coefficients"
+            )));
         }
         let (ux, uy) = (unit % units_x, unit / units_x);
         blocks.clear();
@@ -454,7 +552,7 @@ fn decode_scan<'t>(
                 // Sequential: DC, then the whole AC band; an end-of-block ends only this block.
                 pred[i] = dc_value(&mut r, dc.expect("dc"), pred[i])?;
                 block[0] = pred[i] as i16;
-                ac_band(&mut r, block, ac.expect("ac"), 1, 63, 0)?;
+                ac_band(&mut r, block, ac.expect("ac"), 1, 63, 0);
             } else if scan.ss == 0 {
                 if scan.ah == 0 {
                     pred[i] = dc_value(&mut r, dc.expect("dc"), pred[i])?;
@@ -466,15 +564,16 @@ fn decode_scan<'t>(
                 if eob_run > 0 {
                     eob_run -= 1;
                 } else if let Some(run) =
-                    ac_band(&mut r, block, ac.expect("ac"), scan.ss, scan.se, scan.al)?
+                    ac_band(&mut r, block, ac.expect("ac"), scan.ss, scan.se, scan.al)
                 {
                     // EOBn: this block and the next 2^n + bits − 1 end here.
                     eob_run = (1 << run) + r.bits(run) - 1;
                 }
             } else {
-                decode_ac_refine(&mut r, block, ac.expect("ac"), scan, &mut eob_run)?;
+                decode_ac_refine(&mut r, block, ac.expect("ac"), scan, &mut eob_run);
             }
         }
+        unit += 1;
     }
     for &ci in &scan.components {
         for k in scan.ss..=scan.se {
@@ -486,8 +585,9 @@ fn decode_scan<'t>(
 
 /// The DC predictor after one coded difference (T.81 F.2.2.1).
 fn dc_value(r: &mut BitReader, dc: &Huffman, pred: i32) -> Result<i32, JpegError> {
-    let t = dc.decode(r)? as u32;
-    if t > 11 {
+    let t = dc.decode(r) as u32;
+    // libjpeg takes magnitudes up to 15 and refuses DC tables with larger symbols.
+    if t > 15 {
         return Err(JpegError::Corrupt("DC magnitude"));
     }
     Ok(pred.wrapping_add(r.receive_extend(t)))
@@ -502,26 +602,24 @@ fn ac_band(
     ss: usize,
     se: usize,
     al: u32,
-) -> Result<Option<u32>, JpegError> {
+) -> Option<u32> {
     let mut k = ss;
     while k <= se {
-        let rs = ac.decode(r)?;
+        let rs = ac.decode(r);
         let (run, size) = ((rs >> 4) as u32, (rs & 15) as u32);
         if size == 0 {
             if run < 15 {
-                return Ok(Some(run));
+                return Some(run);
             }
             k += 16;
             continue;
         }
+        // Past the band in a corrupt file (k ≤ 78): the last coefficient, as in libjpeg.
         k += run as usize;
-        if k > 63 {
-            return Err(JpegError::Corrupt("AC run past the block"));
-        }
         block[ZIGZAG[k]] = (r.receive_extend(size) << al) as i16;
         k += 1;
     }
-    Ok(None)
+    None
 }
 
 /// T.81 G.1.2.3, as libjpeg's `decode_mcu_AC_refine`.
@@ -531,7 +629,7 @@ fn decode_ac_refine(
     ac: &Huffman,
     scan: &Scan,
     eob_run: &mut u32,
-) -> Result<(), JpegError> {
+) {
     let p1 = 1i16 << scan.al;
     let m1 = -1i16 << scan.al;
     let refine = |r: &mut BitReader, coef: &mut i16| {
@@ -542,7 +640,7 @@ fn decode_ac_refine(
     let mut k = scan.ss;
     if *eob_run == 0 {
         while k <= scan.se {
-            let rs = ac.decode(r)?;
+            let rs = ac.decode(r);
             let (mut run, size) = ((rs >> 4) as i32, rs & 15);
             let mut value = 0i16;
             if size != 0 {
@@ -564,9 +662,7 @@ fn decode_ac_refine(
                 k += 1;
             }
             if value != 0 {
-                if k > 63 {
-                    return Err(JpegError::Corrupt("AC refinement past the block"));
-                }
+                // k is at most 64 here: the last coefficient, as in libjpeg.
                 block[ZIGZAG[k]] = value;
             }
             k += 1;
@@ -582,7 +678,6 @@ fn decode_ac_refine(
         }
         *eob_run -= 1;
     }
-    Ok(())
 }
 
 /// A component's samples: every real block through the inverse DCT, rows of `blocks_w · 8`.

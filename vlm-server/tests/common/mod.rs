@@ -69,16 +69,17 @@ impl TestServer {
         self.base.replace("http://", "ws://") + "/ws"
     }
 
-    /// Polls `/api/status` until the model is ready (panics on a load error).
+    /// Polls `/health` (readiness, open without a key) until the model is ready; panics on a
+    /// load error.
     pub fn wait_ready(&self) -> Value {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let (_, s) = self.get("/api/status");
-            match s["state"].as_str() {
-                Some("ready") => return s,
-                Some("error") => panic!("model failed to load: {s}"),
-                _ => {}
+            let (code, s) = self.get("/health");
+            if code == 200 && s["state"] == "ready" {
+                return s;
             }
+            let message = s["error"]["message"].as_str().unwrap_or("");
+            assert!(!message.contains("failed to load"), "{message}");
             assert!(Instant::now() < deadline, "model not ready in 60 s: {s}");
             std::thread::sleep(Duration::from_millis(50));
         }
