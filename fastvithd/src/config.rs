@@ -98,7 +98,8 @@ impl FastVitHdConfig {
                 self.layers, self.embed_dims
             ));
         }
-        if !(1..=64).contains(&self.mlp_ratio) || !(self.norm_eps > 0.0 && self.norm_eps < 1.0) {
+        let norm_eps_ok = self.norm_eps > 0.0 && self.norm_eps < 1.0;
+        if !((1..=64).contains(&self.mlp_ratio) && norm_eps_ok) {
             return Err(format!(
                 "FastViTHD: mlp_ratio {} must be in 1..=64 and norm_eps {} in (0, 1)",
                 self.mlp_ratio, self.norm_eps

@@ -24,7 +24,7 @@ fn timed(bytes: &[u8], limits: &ImageLimits, within: Duration) -> Result<image::
 }
 
 fn refused(result: Result<image::Rgb8, ImageError>, needle: &str) {
-    let e = result.err().expect("refused");
+    let e = result.expect_err("refused");
     assert!(e.to_string().contains(needle), "`{e}` lacks `{needle}`");
 }
 

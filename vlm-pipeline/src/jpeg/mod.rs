@@ -518,10 +518,9 @@ fn decode_scan<'t>(
         }
         if r.exhausted {
             // Nothing more to read before the next restart marker (or the end of the scan).
-            unit = if restart_interval > 0 {
-                (unit / restart_interval + 1) * restart_interval
-            } else {
-                units
+            unit = match unit.checked_div(restart_interval) {
+                Some(intervals) => (intervals + 1) * restart_interval,
+                None => units,
             };
             continue;
         }
