@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use vlm_pipeline::fuzzing::png_1bit;
+
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/e2e")
 }
@@ -366,33 +368,6 @@ fn control_tokens_in_the_prompt_are_plain_text() {
         ids.len(),
         plain.len()
     );
-}
-
-/// A 1-bit grey PNG of `width × height`, its rows deflated: 32 KB for 1 × 16,777,216.
-fn png_1bit(width: u32, height: u32) -> Vec<u8> {
-    fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
-        out.extend((data.len() as u32).to_be_bytes());
-        out.extend(kind);
-        out.extend(data);
-        let mut crc = flate2::Crc::new();
-        crc.update(kind);
-        crc.update(data);
-        out.extend(crc.sum().to_be_bytes());
-    }
-    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
-    let mut ihdr = width.to_be_bytes().to_vec();
-    ihdr.extend(height.to_be_bytes());
-    ihdr.extend([1, 0, 0, 0, 0]);
-    chunk(&mut out, b"IHDR", &ihdr);
-    let row = 1 + (width as usize).div_ceil(8);
-    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
-    let zeros = vec![0u8; row * 65536];
-    for _ in 0..(row * height as usize).div_ceil(zeros.len()) {
-        std::io::Write::write_all(&mut z, &zeros).unwrap();
-    }
-    chunk(&mut out, b"IDAT", &z.finish().unwrap());
-    chunk(&mut out, b"IEND", &[]);
-    out
 }
 
 #[test]

@@ -161,3 +161,38 @@ fn walk(dir: &Path) -> Vec<(std::path::PathBuf, std::fs::Metadata)> {
     }
     out
 }
+
+/// Appends a PNG chunk (length, type, data, CRC) to `out`: what the hostile-input tests and
+/// seeds build their PNGs from.
+pub fn png_chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+    out.extend((data.len() as u32).to_be_bytes());
+    out.extend(kind);
+    out.extend(data);
+    let mut crc = flate2::Crc::new();
+    crc.update(kind);
+    crc.update(data);
+    out.extend(crc.sum().to_be_bytes());
+}
+
+/// A 1-bit grey PNG of `width × height` black pixels, its rows deflated (32 KB for
+/// 1 × 16,777,216: the image that once aborted the server).
+pub fn png_1bit(width: u32, height: u32) -> Vec<u8> {
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = width.to_be_bytes().to_vec();
+    ihdr.extend(height.to_be_bytes());
+    ihdr.extend([1, 0, 0, 0, 0]);
+    png_chunk(&mut out, b"IHDR", &ihdr);
+    let row = 1 + (width as usize).div_ceil(8);
+    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+    let zeros = vec![0u8; row * 4096];
+    let mut left = row * height as usize;
+    while left > 0 {
+        let n = left.min(zeros.len());
+        // Writing into a Vec cannot fail.
+        let _ = z.write_all(&zeros[..n]);
+        left -= n;
+    }
+    png_chunk(&mut out, b"IDAT", &z.finish().unwrap_or_default());
+    png_chunk(&mut out, b"IEND", &[]);
+    out
+}

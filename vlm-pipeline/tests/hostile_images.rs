@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use vlm_pipeline::fuzzing::{png_1bit, png_chunk};
 use vlm_pipeline::image::{self, ImageError, ImageLimits};
 
 /// Decodes within `limits`, and checks it took less than `within`.
@@ -33,38 +34,6 @@ fn server_limits() -> ImageLimits {
 }
 
 // ---------------------------------------------------------------------------------- PNG
-
-fn png_chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
-    out.extend((data.len() as u32).to_be_bytes());
-    out.extend(kind);
-    out.extend(data);
-    let mut crc = flate2::Crc::new();
-    crc.update(kind);
-    crc.update(data);
-    out.extend(crc.sum().to_be_bytes());
-}
-
-/// A 1-bit grey PNG of `width × height` black pixels, its rows deflated.
-fn png_1bit(width: u32, height: u32) -> Vec<u8> {
-    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
-    let mut ihdr = Vec::new();
-    ihdr.extend(width.to_be_bytes());
-    ihdr.extend(height.to_be_bytes());
-    ihdr.extend([1, 0, 0, 0, 0]);
-    png_chunk(&mut out, b"IHDR", &ihdr);
-    let row = 1 + (width as usize).div_ceil(8);
-    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
-    let zeros = vec![0u8; row * 4096];
-    let mut left = row * height as usize;
-    while left > 0 {
-        let n = left.min(zeros.len());
-        std::io::Write::write_all(&mut z, &zeros[..n]).unwrap();
-        left -= n;
-    }
-    png_chunk(&mut out, b"IDAT", &z.finish().unwrap());
-    png_chunk(&mut out, b"IEND", &[]);
-    out
-}
 
 #[test]
 fn a_one_pixel_wide_png_of_16_million_rows_is_refused_from_its_header() {

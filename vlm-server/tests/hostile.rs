@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::{MODEL, TestServer, agent, chat, fixtures};
 use serde_json::{Value, json};
+use vlm_pipeline::fuzzing::png_1bit;
 use vlm_pipeline::{FastVlm, GenerationOptions, Message, Request, Role};
 
 /// A raw connection to the server.
@@ -254,33 +255,6 @@ fn hostile_images_are_400s_and_the_server_goes_on() {
     }
     let (code, _) = server.post("/v1/chat/completions", &chat("photo.jpg", "x", 2));
     assert_eq!(code, 200);
-}
-
-/// A 1-bit grey PNG of `width × height`, its rows deflated.
-fn png_1bit(width: u32, height: u32) -> Vec<u8> {
-    fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
-        out.extend((data.len() as u32).to_be_bytes());
-        out.extend(kind);
-        out.extend(data);
-        let mut crc = flate2::Crc::new();
-        crc.update(kind);
-        crc.update(data);
-        out.extend(crc.sum().to_be_bytes());
-    }
-    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
-    let mut ihdr = width.to_be_bytes().to_vec();
-    ihdr.extend(height.to_be_bytes());
-    ihdr.extend([1, 0, 0, 0, 0]);
-    chunk(&mut out, b"IHDR", &ihdr);
-    let row = 1 + (width as usize).div_ceil(8);
-    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
-    let zeros = vec![0u8; row * 65536];
-    for _ in 0..(row * height as usize).div_ceil(zeros.len()) {
-        z.write_all(&zeros).unwrap();
-    }
-    chunk(&mut out, b"IDAT", &z.finish().unwrap());
-    chunk(&mut out, b"IEND", &[]);
-    out
 }
 
 #[test]
