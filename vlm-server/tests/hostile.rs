@@ -5,32 +5,17 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
-use common::{MODEL, TestServer, agent, chat, fixtures};
+use common::{MODEL, TestServer, agent, chat, connect, fixtures, read_all};
 use serde_json::{Value, json};
 use vlm_pipeline::fuzzing::png_1bit;
 use vlm_pipeline::{FastVlm, GenerationOptions, Message, Request, Role};
 
 /// A raw connection to the server.
-fn connect(server: &TestServer) -> TcpStream {
-    let stream = TcpStream::connect(server.base.trim_start_matches("http://")).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
-    stream
-}
-
-/// Everything the server sends until it closes the connection.
-fn read_all(stream: &mut TcpStream) -> String {
-    let mut out = Vec::new();
-    let _ = stream.read_to_end(&mut out);
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 fn error_message(body: &Value) -> &str {
     body["error"]["message"]
         .as_str()

@@ -170,3 +170,19 @@ pub fn rss_kib() -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
 }
+
+/// A raw connection to `server`, for requests a client library would not send.
+pub fn connect(server: &TestServer) -> std::net::TcpStream {
+    let stream = std::net::TcpStream::connect(server.base.trim_start_matches("http://")).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    stream
+}
+
+/// Everything the server sends until it closes the connection.
+pub fn read_all(stream: &mut std::net::TcpStream) -> String {
+    let mut out = Vec::new();
+    let _ = std::io::Read::read_to_end(stream, &mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
