@@ -5,33 +5,49 @@
 
 mod common;
 
+use std::path::PathBuf;
+
 use common::fixtures;
 use vlm_pipeline::{Weights, image};
 
-#[test]
-fn jpegs_decode_to_pillows_pixels() {
-    let dir = fixtures().join("jpeg");
+/// The 15 JPEGs of `fixtures/DIR` and Pillow's decoded bytes of each (`decoded.safetensors`),
+/// by name: (path, `[height, width, 3]`, bytes).
+fn pillow_decoded(dir: &str) -> Vec<(String, PathBuf, Vec<usize>, Vec<i64>)> {
+    let dir = fixtures().join(dir);
     let reference = Weights::open(&dir.join("decoded.safetensors")).unwrap();
     let mut names = reference.names();
     names.sort();
     assert_eq!(names.len(), 15, "fixture set changed: {names:?}");
+    names
+        .into_iter()
+        .map(|name| {
+            let shape = reference.shape(name).unwrap().to_vec();
+            let bytes = reference
+                .get(name)
+                .unwrap()
+                .convert::<i64>()
+                .into_vec::<i64>()
+                .unwrap();
+            (name.to_string(), dir.join(name), shape, bytes)
+        })
+        .collect()
+}
+
+/// How many of `got`'s bytes differ from `expected`'s.
+fn differing(got: &[u8], expected: &[i64]) -> usize {
+    got.iter()
+        .zip(expected)
+        .filter(|(g, e)| **g as i64 != **e)
+        .count()
+}
+
+#[test]
+fn jpegs_decode_to_pillows_pixels() {
     let (mut failures, mut stock_misses) = (Vec::new(), 0);
-    for name in names {
-        let shape = reference.shape(name).unwrap().to_vec();
-        let expected = reference
-            .get(name)
-            .unwrap()
-            .convert::<i64>()
-            .into_vec::<i64>()
-            .unwrap();
-        let got = image::load(&dir.join(name)).unwrap();
+    for (name, path, shape, expected) in pillow_decoded("jpeg") {
+        let got = image::load(&path).unwrap();
         assert_eq!([got.height, got.width, 3], shape[..], "{name}: size");
-        let differ = got
-            .data
-            .iter()
-            .zip(&expected)
-            .filter(|(g, e)| **g as i64 != **e)
-            .count();
+        let differ = differing(&got.data, &expected);
         let worst = got
             .data
             .iter()
@@ -47,7 +63,7 @@ fn jpegs_decode_to_pillows_pixels() {
             failures.push(format!("{name}: {differ} bytes differ, max {worst}"));
         }
         // The `image` crate's decoder alone, to show these fixtures tell the two apart.
-        let stock = ::image::open(dir.join(name)).unwrap().to_rgb8().into_raw();
+        let stock = ::image::open(&path).unwrap().to_rgb8().into_raw();
         if stock.iter().zip(&expected).any(|(s, e)| *s as i64 != *e) {
             stock_misses += 1;
         }
@@ -65,26 +81,11 @@ fn jpegs_decode_to_pillows_pixels() {
 /// (`cargo xtask golden --only jpeg-cut` → xtask/python/jpeg_cut_golden.py).
 #[test]
 fn cut_jpegs_decode_to_pillows_pixels() {
-    let dir = fixtures().join("jpeg/cut");
-    let reference = Weights::open(&dir.join("decoded.safetensors")).unwrap();
-    let mut names = reference.names();
-    names.sort();
-    assert_eq!(names.len(), 15, "fixture set changed: {names:?}");
     let mut failures = Vec::new();
-    for name in names {
-        let expected = reference
-            .get(name)
-            .unwrap()
-            .convert::<i64>()
-            .into_vec::<i64>()
-            .unwrap();
-        let got = image::load(&dir.join(name)).unwrap();
-        let differ = got
-            .data
-            .iter()
-            .zip(&expected)
-            .filter(|(g, e)| **g as i64 != **e)
-            .count();
+    for (name, path, shape, expected) in pillow_decoded("jpeg/cut") {
+        let got = image::load(&path).unwrap();
+        assert_eq!([got.height, got.width, 3], shape[..], "{name}: size");
+        let differ = differing(&got.data, &expected);
         println!("{name}: {differ} of {} bytes differ", expected.len());
         if differ > 0 || got.data.len() != expected.len() {
             failures.push(format!("{name}: {differ} bytes differ"));
