@@ -64,10 +64,27 @@ pub struct Pipeline<B: Backend> {
 
 impl<B: Backend> Pipeline<B> {
     pub fn new(device: &B::Device) -> Self {
+        Self::new_quantized(device, None)
+    }
+
+    /// [`Pipeline::new`] with the language model's weights quantized to `quantization`.
+    pub fn new_quantized(
+        device: &B::Device,
+        quantization: Option<vlm_kernels::Quantization>,
+    ) -> Self {
+        let decoder = Qwen2Config::fastvlm("0.5b")
+            .expect("a released size")
+            .init_quantized(
+                device,
+                SEED,
+                vlm_kernels::ops::max_binding_bytes::<B>(device),
+                quantization,
+            )
+            .expect("a released configuration");
         Self {
             encoder: encoder(device),
             projector: projector_05b(device),
-            decoder: decoder("0.5b", device).expect("a released size"),
+            decoder,
         }
     }
 

@@ -185,6 +185,20 @@ impl Qwen2Config {
         Qwen2::build(self, &mut Init::new(device, seed, draw), max_block_bytes)
     }
 
+    /// [`Self::init_blocked`] with the linear layers and vocabulary tables quantized to
+    /// `quantization` (their values drawn on the host, then quantized as a checkpoint's would
+    /// be at load).
+    pub fn init_quantized<B: Backend>(
+        &self,
+        device: &B::Device,
+        seed: u64,
+        max_block_bytes: usize,
+        quantization: Option<vlm_kernels::Quantization>,
+    ) -> Result<Qwen2<B>, LoadError> {
+        let mut params = Init::new(device, seed, draw).with_quantization(quantization);
+        Qwen2::build(self, &mut params, max_block_bytes)
+    }
+
     /// Checks the invariants grouped-query attention and rotary embeddings rely on, and sizes a
     /// checkpoint can have (the sizes allocate caches and tables before any tensor is read).
     pub fn validate(&self) -> Result<(), String> {

@@ -1,7 +1,8 @@
 use burn::module::{Module, Param};
 use burn::tensor::{Int, Tensor, backend::Backend};
 use vlm_kernels::loader::{LoadError, Loader, NameMap, Params, Source};
-use vlm_kernels::ops;
+use vlm_kernels::Quantization;
+use vlm_kernels::ops::{self, Projection};
 
 use crate::Qwen2Config;
 use crate::attention::Qwen2Attention;
@@ -81,6 +82,26 @@ impl<B: Backend> Qwen2<B> {
         )
     }
 
+    /// [`Qwen2::load`] with every linear layer and the vocabulary tables quantized to
+    /// `quantization` as they load (one tensor at a time: the model never exists in f32 as a
+    /// whole). Tensors the checkpoint stores quantized (MLX's layout) load as stored either way.
+    pub fn load_quantized(
+        config: &Qwen2Config,
+        names: &NameMap,
+        source: &mut Source<'_>,
+        device: &B::Device,
+        quantization: Option<Quantization>,
+    ) -> Result<Self, LoadError> {
+        if let Some(scheme) = quantization {
+            scheme.check().map_err(LoadError::Config)?;
+        }
+        Self::build(
+            config,
+            &mut Loader::new(source, names, device).with_quantization(quantization),
+            ops::max_binding_bytes::<B>(device),
+        )
+    }
+
     /// Builds the model from `params` (a checkpoint, or random values), with vocabulary blocks
     /// of at most `max_block_bytes` (at f32).
     pub fn build(
@@ -95,22 +116,25 @@ impl<B: Backend> Qwen2<B> {
         let eps = config.rms_norm_eps;
         let vocab = config.vocab_size;
         let rows = rows_per_block(h, max_block_bytes);
-        let embed_tokens = TokenEmbedding::new(params.table(
-            "model.embed_tokens.weight",
-            [vocab, h],
-            rows,
-            false,
-        )?);
+        let embed_tokens = match params.table_quantizable("model.embed_tokens", [vocab, h], rows)? {
+            Some(blocks) => TokenEmbedding::quantized(blocks),
+            None => TokenEmbedding::new(params.table(
+                "model.embed_tokens.weight",
+                [vocab, h],
+                rows,
+                false,
+            )?),
+        };
 
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for l in 0..config.num_hidden_layers {
             let p = format!("model.layers.{l}");
             let input_layernorm = rms_norm(params, &format!("{p}.input_layernorm"), h, eps)?;
             let self_attn = Qwen2Attention {
-                q_proj: params.linear(&format!("{p}.self_attn.q_proj"), h, h, true)?,
-                k_proj: params.linear(&format!("{p}.self_attn.k_proj"), h, kv, true)?,
-                v_proj: params.linear(&format!("{p}.self_attn.v_proj"), h, kv, true)?,
-                o_proj: params.linear(&format!("{p}.self_attn.o_proj"), h, h, false)?,
+                q_proj: params.linear_quantizable(&format!("{p}.self_attn.q_proj"), h, h, true)?,
+                k_proj: params.linear_quantizable(&format!("{p}.self_attn.k_proj"), h, kv, true)?,
+                v_proj: params.linear_quantizable(&format!("{p}.self_attn.v_proj"), h, kv, true)?,
+                o_proj: params.linear_quantizable(&format!("{p}.self_attn.o_proj"), h, h, false)?,
                 num_heads: config.num_attention_heads,
                 num_kv_heads: config.num_key_value_heads,
                 head_dim,
@@ -118,9 +142,9 @@ impl<B: Backend> Qwen2<B> {
             let post_attention_layernorm =
                 rms_norm(params, &format!("{p}.post_attention_layernorm"), h, eps)?;
             let mlp = Qwen2Mlp {
-                gate_proj: params.linear(&format!("{p}.mlp.gate_proj"), h, i, false)?,
-                up_proj: params.linear(&format!("{p}.mlp.up_proj"), h, i, false)?,
-                down_proj: params.linear(&format!("{p}.mlp.down_proj"), i, h, false)?,
+                gate_proj: params.linear_quantizable(&format!("{p}.mlp.gate_proj"), h, i, false)?,
+                up_proj: params.linear_quantizable(&format!("{p}.mlp.up_proj"), h, i, false)?,
+                down_proj: params.linear_quantizable(&format!("{p}.mlp.down_proj"), i, h, false)?,
             };
             layers.push(Qwen2DecoderLayer {
                 input_layernorm,
@@ -134,12 +158,10 @@ impl<B: Backend> Qwen2<B> {
             true => None,
             // `[vocab, hidden]` as stored; each block transposed on the host to a contiguous
             // `[hidden, cols]` (a transposed view would be laid out again by every product).
-            false => Some(LmHead::new(params.table(
-                "lm_head.weight",
-                [vocab, h],
-                rows,
-                true,
-            )?)),
+            false => Some(match params.table_quantizable("lm_head", [vocab, h], rows)? {
+                Some(blocks) => LmHead::quantized(blocks),
+                None => LmHead::new(params.table("lm_head.weight", [vocab, h], rows, true)?),
+            }),
         };
         Ok(Self {
             embed_tokens,
@@ -236,12 +258,11 @@ impl<B: Backend> Qwen2<B> {
         Ok(x)
     }
 
-    /// The output projection's blocks, `[hidden, cols]` each: the LM head's, or the
-    /// embedding's transposed when tied.
-    fn head(&self) -> Vec<Tensor<B, 2>> {
+    /// The output projection's blocks: the LM head's, or the embedding's when tied.
+    fn head(&self) -> Vec<Projection<B>> {
         match &self.lm_head {
-            Some(head) => head.blocks(),
-            None => self.embed_tokens.transposed(),
+            Some(head) => head.projection(),
+            None => self.embed_tokens.projection(),
         }
     }
 

@@ -10,7 +10,9 @@ use clap::{Args, Parser, Subcommand};
 use vlm_pipeline::backend::{self, Precision};
 use vlm_pipeline::output::{PredictionJson, write_atomically};
 use vlm_pipeline::prompt::DEFAULT_PROMPT;
-use vlm_pipeline::{FastVlm, GenerationOptions, Message, Request, Role, image, zoo};
+use vlm_pipeline::{
+    FastVlm, GenerationOptions, Message, Quantization, Request, Role, image, zoo,
+};
 use vlm_server::{Limits, ServeOptions};
 
 /// `predict`'s sampling defaults are the pipeline's.
@@ -61,6 +63,9 @@ struct ServeArgs {
     /// Compute precision (f32, f16, bf16; default per backend as for predict).
     #[arg(long)]
     dtype: Option<Precision>,
+    /// Quantize the language model's weights at load: q8 or q4 (as for predict).
+    #[arg(long, value_name = "q8|q4")]
+    quant: Option<Quantization>,
     /// Requests that may wait behind the running one; more get 429 (0: a request is taken
     /// only while the model is idle).
     #[arg(long, default_value_t = ServeOptions::DEFAULT_QUEUE)]
@@ -134,6 +139,10 @@ struct ModelArgs {
     /// where the adapter has shader-f16, else f32).
     #[arg(long)]
     dtype: Option<Precision>,
+    /// Quantize the language model's weights at load: q8 or q4 (MLX's affine scheme, groups
+    /// of 64). A release stored quantized loads as stored without it.
+    #[arg(long, value_name = "q8|q4")]
+    quant: Option<Quantization>,
 }
 
 #[derive(Args)]
@@ -296,6 +305,7 @@ fn serve<B: Backend>(
     options.limits.max_image_pixels = args.max_image_pixels;
     options.limits.max_image_side = args.max_image_side;
     options.allowed_origins = args.allowed_origins.clone();
+    options.quantization = args.quant;
     options.api_key = args
         .api_key
         .clone()
@@ -347,11 +357,16 @@ impl ModelArgs {
 }
 
 fn load<B: Backend>(args: &ModelArgs, device: &B::Device) -> Result<FastVlm<B>, String> {
-    load_from::<B>(&args.directory()?, device)
+    load_from::<B>(&args.directory()?, device, args.quant)
 }
 
-fn load_from<B: Backend>(path: &Path, device: &B::Device) -> Result<FastVlm<B>, String> {
-    FastVlm::load(path, device).map_err(|e| format!("cannot load `{}`: {e}", path.display()))
+fn load_from<B: Backend>(
+    path: &Path,
+    device: &B::Device,
+    quantization: Option<Quantization>,
+) -> Result<FastVlm<B>, String> {
+    FastVlm::load_with(path, device, quantization, &mut |_| {})
+        .map_err(|e| format!("cannot load `{}`: {e}", path.display()))
 }
 
 fn download(args: &DownloadArgs) -> Result<(), String> {
@@ -458,7 +473,7 @@ fn info<B: Backend>(
     device: &B::Device,
 ) -> Result<(), String> {
     let path = args.directory()?;
-    let model = load_from::<B>(&path, device)?;
+    let model = load_from::<B>(&path, device, args.quant)?;
     let c = &model.config;
     let counts = c.parameter_counts();
     let h = c.decoder.hidden_size;

@@ -19,6 +19,7 @@ mod geometry;
 mod linear;
 pub mod loader;
 pub mod ops;
+pub mod quant;
 
 #[cfg(feature = "cubecl")]
 pub mod cube;
@@ -28,7 +29,8 @@ pub mod flex;
 pub mod testing;
 
 pub use geometry::Depthwise;
-pub use linear::Linear;
+pub use linear::{Linear, LinearWeight};
+pub use quant::{QuantizedMatrix, Quantization};
 
 use std::any::{Any, TypeId};
 

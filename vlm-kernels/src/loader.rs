@@ -13,6 +13,7 @@ use burn::tensor::{DType, Distribution, Tensor, TensorData, backend::Backend};
 use safetensors::Dtype;
 
 use crate::Linear;
+use crate::quant::{HostQuantized, QuantizedMatrix, Quantization, ScaleType, quantize};
 
 /// Where a checkpoint's tensors come from: a tensor by its name in the checkpoint, `None` when
 /// absent (any float dtype; the loader converts).
@@ -148,12 +149,115 @@ pub trait Params<B: Backend> {
         d_out: usize,
         bias: bool,
     ) -> Result<Linear<B>, LoadError> {
+        if let Some(weight) = self.stored_quantized(name, d_out, d_in)? {
+            let bias = match bias {
+                true => Some(self.tensor(&format!("{name}.bias"), [d_out])?),
+                false => None,
+            };
+            return Ok(Linear::quantized(QuantizedMatrix::upload(&weight, self.device()), bias));
+        }
         let weight = self.host(&format!("{name}.weight"), &[d_out, d_in])?;
         let bias = match bias {
             true => Some(self.tensor(&format!("{name}.bias"), [d_out])?),
             false => None,
         };
         Ok(linear_from(weight, d_in, d_out, bias, self.device()))
+    }
+
+    /// The scheme that [`Params::linear_quantizable`] and [`Params::table_quantizable`]
+    /// quantize floating-point weights to (`None`: they stay at the compute precision).
+    fn quantization(&self) -> Option<Quantization> {
+        None
+    }
+
+    /// A matrix `[rows, cols]` the checkpoint stores quantized, in MLX's layout
+    /// (`{name}.weight` `uint32`, `{name}.scales`, `{name}.biases`); `None` when it stores
+    /// `{name}.weight` in floating point.
+    fn stored_quantized(
+        &mut self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Option<HostQuantized>, LoadError> {
+        let _ = (name, rows, cols);
+        Ok(None)
+    }
+
+    /// The values of `name` and the floating-point type they are stored in (the type
+    /// quantization rounds scales to).
+    fn host_typed(&mut self, name: &str, shape: &[usize]) -> Result<(Vec<f32>, ScaleType), LoadError> {
+        Ok((self.host(name, shape)?, ScaleType::F32))
+    }
+
+    /// The matrix `{name}.weight` `[rows, cols]` quantized: as stored, or quantized now by
+    /// [`Params::quantization`] when its rows split into whole groups; `None` otherwise.
+    fn quantized(
+        &mut self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Option<HostQuantized>, LoadError> {
+        if let Some(stored) = self.stored_quantized(name, rows, cols)? {
+            return Ok(Some(stored));
+        }
+        match self.quantization() {
+            Some(scheme) if scheme.fits(cols) => {
+                let (values, stored) = self.host_typed(&format!("{name}.weight"), &[rows, cols])?;
+                Ok(Some(quantize(&values, rows, cols, scheme, stored)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// [`Params::linear`], quantized where the checkpoint stores it so or
+    /// [`Params::quantization`] asks for it.
+    fn linear_quantizable(
+        &mut self,
+        name: &str,
+        d_in: usize,
+        d_out: usize,
+        bias: bool,
+    ) -> Result<Linear<B>, LoadError> {
+        let Some(weight) = self.quantized(name, d_out, d_in)? else {
+            return self.linear(name, d_in, d_out, bias);
+        };
+        let bias = match bias {
+            true => Some(self.tensor(&format!("{name}.bias"), [d_out])?),
+            false => None,
+        };
+        Ok(Linear::quantized(QuantizedMatrix::upload(&weight, self.device()), bias))
+    }
+
+    /// A `[rows, cols]` table (`{name}.weight`) quantized as [`Params::quantized`] decides, in
+    /// row blocks of at most `block_rows` rows; `None` when it stays at the compute precision.
+    fn table_quantizable(
+        &mut self,
+        name: &str,
+        [rows, cols]: [usize; 2],
+        block_rows: usize,
+    ) -> Result<Option<Vec<QuantizedMatrix<B>>>, LoadError> {
+        let Some(table) = self.quantized(name, rows, cols)? else {
+            return Ok(None);
+        };
+        let (words, groups) = (cols / table.scheme.per_word(), cols / table.scheme.group_size);
+        let device = self.device().clone();
+        Ok(Some(
+            (0..rows)
+                .step_by(block_rows.max(1))
+                .map(|start| {
+                    let end = (start + block_rows.max(1)).min(rows);
+                    let block = HostQuantized {
+                        scheme: table.scheme,
+                        rows: end - start,
+                        cols,
+                        packed: table.packed[start * words..end * words].to_vec(),
+                        scales: table.scales[start * groups..end * groups].to_vec(),
+                        biases: table.biases[start * groups..end * groups].to_vec(),
+                    };
+                    QuantizedMatrix::upload(&block, &device)
+                })
+                .collect(),
+        ))
     }
 
     /// A `[rows, cols]` table in row blocks of at most `block_rows` rows, each `[rows_k, cols]`,
@@ -185,19 +289,25 @@ pub trait Params<B: Backend> {
 /// rejects the others by name. Other types (8-bit floats, unsigned words) come back as `Err`
 /// with their type.
 pub fn tensor_data(view: &safetensors::tensor::TensorView<'_>) -> Result<TensorData, Dtype> {
+    let data = stored_tensor_data(view)?;
+    Ok(match data.dtype {
+        DType::F16 | DType::BF16 => data.convert::<f32>(),
+        _ => data,
+    })
+}
+
+/// [`tensor_data`] with f16 and bf16 kept as they are stored (half the memory until the loader
+/// converts them, and the stored type known: quantization keeps scales in it) and `uint32` as
+/// `u32` (MLX's packed quantized weights).
+pub fn stored_tensor_data(view: &safetensors::tensor::TensorView<'_>) -> Result<TensorData, Dtype> {
     use safetensors::Dtype as S;
     let shape = view.shape().to_vec();
     let bytes = view.data();
     Ok(match view.dtype() {
         S::F32 => TensorData::new(decode(bytes, f32::from_le_bytes), shape),
-        S::F16 => TensorData::new(
-            decode(bytes, |b: [u8; 2]| half::f16::from_le_bytes(b).to_f32()),
-            shape,
-        ),
-        S::BF16 => TensorData::new(
-            decode(bytes, |b: [u8; 2]| half::bf16::from_le_bytes(b).to_f32()),
-            shape,
-        ),
+        S::F16 => TensorData::new(decode(bytes, half::f16::from_le_bytes), shape),
+        S::BF16 => TensorData::new(decode(bytes, half::bf16::from_le_bytes), shape),
+        S::U32 => TensorData::new(decode(bytes, u32::from_le_bytes), shape),
         S::F64 => TensorData::new(
             decode(bytes, |b: [u8; 8]| f64::from_le_bytes(b) as f32),
             shape,
@@ -264,6 +374,7 @@ pub struct Loader<'a, B: Backend> {
     source: &'a mut Source<'a>,
     names: &'a NameMap,
     device: B::Device,
+    quantization: Option<Quantization>,
 }
 
 impl<'a, B: Backend> Loader<'a, B> {
@@ -272,7 +383,58 @@ impl<'a, B: Backend> Loader<'a, B> {
             source,
             names,
             device: device.clone(),
+            quantization: None,
         }
+    }
+
+    /// Quantizing the weights the model allows to `scheme` as they load.
+    pub fn with_quantization(self, scheme: Option<Quantization>) -> Self {
+        Self {
+            quantization: scheme,
+            ..self
+        }
+    }
+
+    /// The tensor `name` (canonical) with its resolved name, checked to be present and of
+    /// `shape`.
+    fn fetch(&mut self, name: &str, shape: &[usize]) -> Result<(String, TensorData), LoadError> {
+        let full = self.names.resolve(name);
+        let Some(data) = (self.source)(&full) else {
+            if let Some(train) = self.training_form(&full) {
+                return Err(LoadError::TrainForm { name: train });
+            }
+            return Err(LoadError::Missing {
+                name: full,
+                expected: shape.to_vec(),
+            });
+        };
+        if data.shape.as_slice() != shape {
+            return Err(LoadError::Shape {
+                name: full,
+                expected: shape.to_vec(),
+                found: data.shape.to_vec(),
+            });
+        }
+        Ok((full, data))
+    }
+
+    /// A fetched tensor's values as f32, refused unless it is floating-point.
+    fn floats(full: String, data: TensorData) -> Result<Vec<f32>, LoadError> {
+        if !matches!(
+            data.dtype,
+            DType::F32 | DType::F16 | DType::BF16 | DType::F64
+        ) {
+            return Err(LoadError::DType {
+                name: full,
+                found: format!("{:?}", data.dtype),
+            });
+        }
+        data.convert::<f32>()
+            .into_vec::<f32>()
+            .map_err(|e| LoadError::DType {
+                name: full,
+                found: format!("{e:?}"),
+            })
     }
 
     /// The training-form tensor standing where `full` (missing) would be, if the checkpoint
@@ -297,38 +459,90 @@ impl<B: Backend> Params<B> for Loader<'_, B> {
     }
 
     fn host(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>, LoadError> {
-        let full = self.names.resolve(name);
-        let Some(data) = (self.source)(&full) else {
-            if let Some(train) = self.training_form(&full) {
-                return Err(LoadError::TrainForm { name: train });
-            }
+        let (full, data) = self.fetch(name, shape)?;
+        Self::floats(full, data)
+    }
+
+    fn host_typed(&mut self, name: &str, shape: &[usize]) -> Result<(Vec<f32>, ScaleType), LoadError> {
+        let (full, data) = self.fetch(name, shape)?;
+        let stored = ScaleType::of(data.dtype);
+        Ok((Self::floats(full, data)?, stored))
+    }
+
+    fn quantization(&self) -> Option<Quantization> {
+        self.quantization
+    }
+
+    fn stored_quantized(
+        &mut self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Option<HostQuantized>, LoadError> {
+        let scales_name = format!("{name}.scales");
+        let Some(scales) = (self.source)(&self.names.resolve(&scales_name)) else {
+            return Ok(None);
+        };
+        let full = self.names.resolve(&format!("{name}.weight"));
+        let [scale_rows, groups] = *scales.shape.as_slice() else {
+            return Err(LoadError::Config(format!(
+                "`{}` has shape {:?}, expected [rows, groups]",
+                self.names.resolve(&scales_name),
+                scales.shape
+            )));
+        };
+        let Some(words) = (self.source)(&full) else {
             return Err(LoadError::Missing {
                 name: full,
-                expected: shape.to_vec(),
+                expected: vec![rows, 0],
             });
         };
-        if data.shape.as_slice() != shape {
+        let word_cols = words.shape.get(1).copied().unwrap_or(0);
+        // Bits and group size follow from the shapes: cols / words values per word, cols /
+        // groups values per group (as MLX's `dequantize` checks them).
+        let scheme = (word_cols > 0 && groups > 0 && cols % word_cols == 0 && cols % groups == 0)
+            .then(|| Quantization {
+                bits: 32 / (cols / word_cols).max(1),
+                group_size: cols / groups,
+            });
+        let Some(scheme) = scheme.filter(|s| s.check().is_ok() && s.per_word() * word_cols == cols)
+        else {
+            return Err(LoadError::Config(format!(
+                "`{full}` is quantized as {:?} words with {groups} groups per row, which is no 4- or 8-bit scheme for {cols} columns",
+                words.shape
+            )));
+        };
+        let expected = [rows, word_cols];
+        if words.shape.as_slice() != expected || scale_rows != rows {
             return Err(LoadError::Shape {
                 name: full,
-                expected: shape.to_vec(),
-                found: data.shape.to_vec(),
+                expected: expected.to_vec(),
+                found: words.shape.to_vec(),
             });
         }
-        if !matches!(
-            data.dtype,
-            DType::F32 | DType::F16 | DType::BF16 | DType::F64
-        ) {
+        if words.dtype != DType::U32 {
             return Err(LoadError::DType {
                 name: full,
-                found: format!("{:?}", data.dtype),
+                found: format!("{:?} (quantized weights are uint32)", words.dtype),
             });
         }
-        data.convert::<f32>()
-            .into_vec::<f32>()
-            .map_err(|e| LoadError::DType {
-                name: full,
-                found: format!("{e:?}"),
-            })
+        let packed = words.into_vec::<u32>().map_err(|e| LoadError::DType {
+            name: full.clone(),
+            found: format!("{e:?}"),
+        })?;
+        let scales = Self::floats(self.names.resolve(&scales_name), scales)?;
+        let (_, biases) = self.fetch(&format!("{name}.biases"), &[rows, groups])?;
+        let biases = Self::floats(self.names.resolve(&format!("{name}.biases")), biases)?;
+        let q = HostQuantized {
+            scheme,
+            rows,
+            cols,
+            packed,
+            scales,
+            biases,
+        };
+        q.check().map_err(LoadError::Config)?;
+        Ok(Some(q))
     }
 }
 
@@ -390,6 +604,7 @@ pub struct Init<B: Backend> {
     device: B::Device,
     seed: u64,
     rule: fn(&str, &[usize]) -> Draw,
+    quantization: Option<Quantization>,
 }
 
 impl<B: Backend> Init<B> {
@@ -401,6 +616,15 @@ impl<B: Backend> Init<B> {
             device: device.clone(),
             seed,
             rule,
+            quantization: None,
+        }
+    }
+
+    /// Quantizing the weights the model allows to `scheme` (drawn on the host first).
+    pub fn with_quantization(self, scheme: Option<Quantization>) -> Self {
+        Self {
+            quantization: scheme,
+            ..self
         }
     }
 
@@ -417,6 +641,10 @@ impl<B: Backend> Init<B> {
 impl<B: Backend> Params<B> for Init<B> {
     fn device(&self) -> &B::Device {
         &self.device
+    }
+
+    fn quantization(&self) -> Option<Quantization> {
+        self.quantization
     }
 
     fn host(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>, LoadError> {

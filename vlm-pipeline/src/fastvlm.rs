@@ -16,6 +16,7 @@ use crate::image::{ImageError, Rgb8, preprocess};
 use crate::prompt::{IMAGE_TOKEN_INDEX, Message, prompt_ids};
 use crate::tokenizer::{Tokenizer, TokenizerError};
 use crate::weights::{Weights, WeightsError};
+use vlm_kernels::Quantization;
 use vlm_kernels::loader::NameMap;
 
 /// Anything that stops a request or a model load, with what it concerns.
@@ -128,6 +129,19 @@ impl<B: Backend> FastVlm<B> {
         device: &B::Device,
         progress: &mut dyn FnMut(f32),
     ) -> Result<Self, PipelineError> {
+        Self::load_with(dir, device, None, progress)
+    }
+
+    /// [`FastVlm::load_with_progress`] with the language model's linear layers and vocabulary
+    /// tables quantized to `quantization` as they load (MLX's affine scheme; the vision tower
+    /// and the projector stay at the compute precision). A release stored quantized (MLX's
+    /// layout, tensors with `.scales`) loads as stored with or without it.
+    pub fn load_with(
+        dir: &Path,
+        device: &B::Device,
+        quantization: Option<Quantization>,
+        progress: &mut dyn FnMut(f32),
+    ) -> Result<Self, PipelineError> {
         if !dir.is_dir() {
             return Err(PipelineError::NoDirectory(dir.to_path_buf()));
         }
@@ -171,8 +185,14 @@ impl<B: Backend> FastVlm<B> {
             .map_err(part("vision tower"))?;
         let projector = Projector::load(&config.projector, &projector_names, &mut source, device)
             .map_err(part("projector"))?;
-        let decoder = Qwen2::load(&config.decoder, &decoder_names, &mut source, device)
-            .map_err(part("language model"))?;
+        let decoder = Qwen2::load_quantized(
+            &config.decoder,
+            &decoder_names,
+            &mut source,
+            device,
+            quantization,
+        )
+        .map_err(part("language model"))?;
         let unused: Vec<&str> = weights
             .names()
             .into_iter()

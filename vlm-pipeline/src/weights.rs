@@ -177,17 +177,17 @@ impl Weights {
         self.files.iter().map(|(p, _)| p.as_path())
     }
 
-    /// A tensor's values: floating-point tensors (f64, f32, f16, bf16) as f32, integer and bool
-    /// tensors as i64 ([`vlm_kernels::loader::tensor_data`]), so that the model crates see one
-    /// float type and reject the others by name. Other types (8-bit floats, unsigned words)
-    /// come back as raw bytes, which no model tensor accepts: the loader names the tensor and
-    /// its unexpected shape.
+    /// A tensor's values ([`vlm_kernels::loader::stored_tensor_data`]): f16 and bf16 as stored
+    /// (the loader converts them one tensor at a time), f64 and f32 as f32, `uint32` as u32
+    /// (MLX's packed weights), other integer and bool tensors as i64. Other types (8-bit
+    /// floats) come back as raw bytes, which no model tensor accepts: the loader names the
+    /// tensor and its unexpected shape.
     pub fn get(&self, name: &str) -> Option<TensorData> {
         let e = self.entries.get(name)?;
         let bytes = &self.files[e.file].1[e.start..e.end];
         let raw = || TensorData::new(bytes.to_vec(), [bytes.len()]);
         let data = match TensorView::new(e.dtype, e.shape.clone(), bytes) {
-            Ok(view) => vlm_kernels::loader::tensor_data(&view).unwrap_or_else(|_| raw()),
+            Ok(view) => vlm_kernels::loader::stored_tensor_data(&view).unwrap_or_else(|_| raw()),
             Err(_) => raw(),
         };
         Some(data)

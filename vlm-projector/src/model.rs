@@ -136,7 +136,7 @@ mod tests {
             let mut tensors = HashMap::new();
             for (i, layer) in reference.layers.iter().enumerate() {
                 // Stored as PyTorch does, `[out, in]`.
-                let weight = layer.weight.val().transpose().into_data();
+                let weight = layer.dense().expect("dense").transpose().into_data();
                 let bias = layer.bias.as_ref().unwrap().val().into_data();
                 tensors.insert(names.resolve(&format!("{}.weight", 2 * i)), weight);
                 tensors.insert(names.resolve(&format!("{}.bias", 2 * i)), bias);

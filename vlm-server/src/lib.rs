@@ -78,6 +78,8 @@ pub struct ServeOptions {
     pub allowed_origins: Vec<String>,
     /// When set, the API and the WebSocket need `Authorization: Bearer KEY`.
     pub api_key: Option<String>,
+    /// The language model's weights quantized at load (every model the server loads).
+    pub quantization: Option<vlm_pipeline::Quantization>,
 }
 
 /// Bounds on what a client may ask.
@@ -152,6 +154,7 @@ impl ServeOptions {
             warm_up: false,
             allowed_origins: Vec::new(),
             api_key: None,
+            quantization: None,
         }
     }
 }
@@ -238,6 +241,7 @@ impl Server {
             options.queue_capacity,
             options.backend.clone(),
             options.warm_up,
+            options.quantization,
         );
         let checkpoints = Checkpoints::new(options.models_root.clone(), options.model_path.clone());
         if let Some(path) = &options.model_path {

@@ -168,6 +168,7 @@ impl Worker {
         capacity: usize,
         backend: String,
         warm_up: bool,
+        quantization: Option<vlm_pipeline::Quantization>,
     ) -> Self {
         // Unbounded: slots bound what is in it.
         let (jobs, rx) = channel::<Job>();
@@ -187,7 +188,7 @@ impl Worker {
                     thread_shared.running.store(true, Ordering::SeqCst);
                     match job {
                         Job::Load { name, dir } => {
-                            load(&thread_shared, &mut model, name, dir, &device, warm_up)
+                            load(&thread_shared, &mut model, (name, dir), &device, warm_up, quantization)
                         }
                         Job::Generate(job) => generate(model.as_ref(), job),
                     }
@@ -274,15 +275,15 @@ impl Worker {
 fn load<B: Backend>(
     shared: &Shared,
     model: &mut Option<FastVlm<B>>,
-    name: String,
-    dir: PathBuf,
+    (name, dir): (String, PathBuf),
     device: &B::Device,
     warm_up: bool,
+    quantization: Option<vlm_pipeline::Quantization>,
 ) {
     // One model in memory: the old one goes before the new one is read.
     *model = None;
     let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        let loaded = FastVlm::<B>::load_with_progress(&dir, device, &mut |fraction| {
+        let loaded = FastVlm::<B>::load_with(&dir, device, quantization, &mut |fraction| {
             if let ModelState::Loading { progress, .. } = &mut *shared.state() {
                 *progress = fraction;
             }

@@ -1,6 +1,6 @@
 //! `cargo xtask <task>`: developer tasks that need more than cargo.
 //!
-//! - `golden [--only fastvithd|qwen2|e2e|jpeg|jpeg-cut]`: regenerates the committed parity fixtures under `fixtures/` from
+//! - `golden [--only fastvithd|qwen2|e2e|jpeg|jpeg-cut|quant]`: regenerates the committed parity fixtures under `fixtures/` from
 //!   the Python references (timm, transformers) in a virtual environment this task creates
 //!   (`.venv/` at the repository root, or `$FASTVLM_VENV`). `cargo test` never needs it.
 //! - `make-checkpoint --variant tiny|0.5b|1.5b|7b [--layers N] --out DIR [--image IMG]
@@ -40,6 +40,7 @@ const GENERATORS: &[(&str, &str, &str)] = &[
     ("qwen2", "xtask/python/qwen2_golden.py", "fixtures/qwen2"),
     ("e2e", "xtask/python/e2e_golden.py", "fixtures/e2e"),
     ("jpeg", "xtask/python/jpeg_golden.py", "fixtures/jpeg"),
+    ("quant", "xtask/python/quant_golden.py", "fixtures/quant"),
     // After `jpeg`: cuts its files.
     (
         "jpeg-cut",

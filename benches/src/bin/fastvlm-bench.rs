@@ -8,12 +8,15 @@
 //! fastvlm-bench pipeline [--iters 3] [--tokens 32]  ttft_1024, decode tok/s, peak RSS
 //! fastvlm-bench decode   [--shape 0.5b|1.5b|7b] [--tokens 32] [--block-mib N]
 //!                        prefill/280, step, decode tok/s with weights drawn on the device
+//! fastvlm-bench linear   [--quant q8|q4]     one 0.5B linear layer (gate, down, head) at 1
+//!                        and 280 rows
 //! fastvlm-bench profile  [--iters 5]            where the time goes: a sync, the encoder's
 //!                        parts at 1024², single ops at their shapes, a 0.5B step's parts
 //! fastvlm-bench launches [--res 256] [--shape 0.5b] [--prompt 16] [--only encoder|decode]
 //!                        kernels launched by one encoder forward, one prefill and one
 //!                        decoding step, by kind (GPU backends only)
-//!   all take [--backend cpu|wgpu|cuda] [--dtype f32|f16|bf16] (defaults as vlm-cli's)
+//!   all take [--backend cpu|wgpu|cuda] [--dtype f32|f16|bf16] (defaults as vlm-cli's);
+//!   decode and pipeline take [--quant q8|q4] (the language model's weights quantized)
 //! ```
 //! Every line carries the first call's time apart (kernel compilation and autotuning on GPUs)
 //! and the median and minimum of the timed calls after it.
@@ -96,9 +99,18 @@ fn run<B: Backend>(args: &[String], backend_name: &str) -> ExitCode {
         Ok(list) if !matches!(list.trim(), "" | "on" | "all") => format!("cubecl:{}", list.trim()),
         _ => "cubecl".to_string(),
     };
+    let quant = match flag(args, "--quant").map(|q| q.parse::<vlm_kernels::Quantization>()) {
+        Some(Ok(q)) => Some(q),
+        Some(Err(e)) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+        None => None,
+    };
     let tag = Tag {
         backend: backend_name.to_string(),
         dtype,
+        quant: quant.map_or_else(|| "none".to_string(), |q| q.to_string()),
         kernels,
     };
     match args.first().map(String::as_str) {
@@ -115,7 +127,7 @@ fn run<B: Backend>(args: &[String], backend_name: &str) -> ExitCode {
             let tokens = flag(args, "--tokens")
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(32);
-            run_pipeline::<B>(&tag, iters, tokens)
+            run_pipeline::<B>(&tag, iters, tokens, quant)
         }
         Some("decode") => {
             let shape = flag(args, "--shape").unwrap_or_else(|| "0.5b".into());
@@ -129,9 +141,10 @@ fn run<B: Backend>(args: &[String], backend_name: &str) -> ExitCode {
             let block = flag(args, "--block-mib")
                 .and_then(|s| s.parse::<usize>().ok())
                 .map_or(usize::MAX, |m| m << 20);
-            run_decode::<B>(&tag, &shape, &config, block, iters, tokens)
+            run_decode::<B>(&tag, &shape, &config, (block, quant), iters, tokens)
         }
         Some("profile") => run_profile::<B>(&tag, iters),
+        Some("linear") => run_linear::<B>(&tag, iters, quant),
         Some("launches") => {
             let res = flag(args, "--res")
                 .and_then(|s| s.parse().ok())
@@ -153,7 +166,7 @@ fn run<B: Backend>(args: &[String], backend_name: &str) -> ExitCode {
         }
         _ => {
             eprintln!(
-                "usage: fastvlm-bench encoder|decoder|pipeline|decode|profile|launches [--iters N] [--res R,…] [--tokens N] [--shape S] [--backend B] [--dtype D]"
+                "usage: fastvlm-bench encoder|decoder|pipeline|decode|linear|profile|launches [--iters N] [--res R,…] [--tokens N] [--shape S] [--backend B] [--dtype D]"
             );
             ExitCode::FAILURE
         }
@@ -164,6 +177,8 @@ fn run<B: Backend>(args: &[String], backend_name: &str) -> ExitCode {
 struct Tag {
     backend: String,
     dtype: String,
+    /// The language model's weights: `q8`, `q4` (`--quant`), or `none` at the compute dtype.
+    quant: String,
     /// `cubecl` where the models run all their own CubeCL kernels, `cubecl:<names>` where
     /// `FASTVLM_CUBECL_KERNELS` switched on only those, `burn` where burn's ops do all (CPU
     /// backends, or `FASTVLM_CUBECL_KERNELS=off`).
@@ -173,8 +188,8 @@ struct Tag {
 impl Tag {
     fn json(&self) -> String {
         format!(
-            "\"impl\": \"ours\", \"backend\": \"{}\", \"dtype\": \"{}\", \"kernels\": \"{}\"",
-            self.backend, self.dtype, self.kernels
+            "\"impl\": \"ours\", \"backend\": \"{}\", \"dtype\": \"{}\", \"quant\": \"{}\", \"kernels\": \"{}\"",
+            self.backend, self.dtype, self.quant, self.kernels
         )
     }
 }
@@ -250,9 +265,14 @@ fn run_decoder<B: Backend>(tag: &Tag, iters: usize) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn run_pipeline<B: Backend>(tag: &Tag, iters: usize, tokens: usize) -> ExitCode {
+fn run_pipeline<B: Backend>(
+    tag: &Tag,
+    iters: usize,
+    tokens: usize,
+    quant: Option<vlm_kernels::Quantization>,
+) -> ExitCode {
     let device = Default::default();
-    let pipeline = Pipeline::<B>::new(&device);
+    let pipeline = Pipeline::<B>::new_quantized(&device, quant);
     let pixels = image::<B>(1024, &device);
     measure(tag, "pipeline/ttft_1024", iters, || {
         pipeline.first_token(pixels.clone(), &device)
@@ -321,14 +341,14 @@ fn run_decode<B: Backend>(
     tag: &Tag,
     shape: &str,
     config: &qwen2_decoder::Qwen2Config,
-    max_block_bytes: usize,
+    (max_block_bytes, quant): (usize, Option<vlm_kernels::Quantization>),
     iters: usize,
     tokens: usize,
 ) -> ExitCode {
     let device = Default::default();
     let t = Instant::now();
     let decoder = config
-        .init_blocked::<B>(&device, SEED, max_block_bytes)
+        .init_quantized::<B>(&device, SEED, max_block_bytes, quant)
         .expect("a released configuration");
     sync::<B>(&device);
     eprintln!(
@@ -355,6 +375,38 @@ fn run_decode<B: Backend>(
     report_rate(tag, &format!("decode/{shape}/rate"), iters, tokens, || {
         decode_rate(&decoder, &prompt, tokens, &device)
     });
+    ExitCode::SUCCESS
+}
+
+/// One linear layer of the 0.5B language model alone, at 1 and 280 rows: gate/up (896 →
+/// 4864), down (4864 → 896) and the tied head (896 → 151936), dense or `--quant`.
+fn run_linear<B: Backend>(
+    tag: &Tag,
+    iters: usize,
+    quant: Option<vlm_kernels::Quantization>,
+) -> ExitCode {
+    use vlm_kernels::{Linear, QuantizedMatrix, quant};
+    let device: B::Device = Default::default();
+    for (name, d_in, d_out) in [("gate", 896, 4864), ("down", 4864, 896), ("head", 896, 151936)] {
+        let w = Tensor::<B, 2>::random([d_out, d_in], Distribution::Normal(0.0, 0.05), &device);
+        let linear = match quant {
+            Some(scheme) => {
+                let values = w.into_data().convert::<f32>().into_vec::<f32>().unwrap();
+                let q = quant::quantize(&values, d_out, d_in, scheme, quant::ScaleType::F32);
+                Linear::quantized(QuantizedMatrix::upload(&q, &device), None)
+            }
+            // Contiguous `[in, out]`, as the loader stores it.
+            None => Linear::new(Tensor::from_data(w.transpose().into_data(), &device), None),
+        };
+        for rows in [1, 280] {
+            let x = Tensor::<B, 3>::random([1, rows, d_in], Distribution::Normal(0.0, 1.0), &device);
+            measure(tag, &format!("linear/{name}/{rows}"), iters.max(20), || {
+                let y = linear.forward(x.clone());
+                sync::<B>(&device);
+                y
+            });
+        }
+    }
     ExitCode::SUCCESS
 }
 

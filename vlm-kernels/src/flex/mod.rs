@@ -21,11 +21,13 @@ mod conv;
 mod depthwise;
 mod math;
 mod mlp;
+mod quant;
 
 pub use attention::attention;
 pub use conv::{DenseConv, conv2d_patches};
 pub use depthwise::depthwise_conv2d;
 pub use mlp::{PointwiseMlp, pointwise_mlp};
+pub use quant::{MATVEC_ROWS, quantized_matmul};
 
 use burn::backend::flex::{FlexTensor, Layout};
 use burn::tensor::{DType, Tensor, TensorPrimitive, backend::Backend};

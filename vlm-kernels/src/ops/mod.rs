@@ -25,14 +25,16 @@ mod activation;
 mod attention;
 mod conv;
 mod norm;
+mod quant;
 mod rows;
 
 pub use activation::{cast, gelu, silu, swiglu, to_f32};
 pub use attention::attention;
 pub use conv::{conv2d, depthwise_conv2d, pointwise, pointwise_mlp};
 pub use norm::{RowNorm, rms_norm};
+pub use quant::quantized_matmul;
 pub use rows::{
-    Rope, linear_residual, norm_project, norm_swiglu, qkv_rotary_append, rotary_append,
+    Projection, Rope, linear_residual, norm_project, norm_swiglu, qkv_rotary_append, rotary_append,
 };
 
 use burn::tensor::backend::Backend;

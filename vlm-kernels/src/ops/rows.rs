@@ -11,6 +11,7 @@ use burn::tensor::{Tensor, backend::Backend};
 use super::activation::swiglu;
 use super::norm::RowNorm;
 use crate::Linear;
+use crate::quant::QuantizedMatrix;
 
 /// The rotary embedding's tables for the positions at hand, `cos` and `sin` each
 /// `[1, 1, n, head_dim]`, in the "rotate half" convention of Qwen2 / Llama.
@@ -121,8 +122,13 @@ pub fn qkv_rotary_append<B: Backend>(
     let [batch, n, _] = x.dims();
     let linears = [q_proj, k_proj, v_proj];
     #[cfg(feature = "cubecl")]
-    if super::runs::<B>(super::Kernel::QkvRotary) {
-        let weights = linears.map(|l| l.weight.val());
+    if let (true, Some(q), Some(k), Some(v)) = (
+        super::runs::<B>(super::Kernel::QkvRotary),
+        q_proj.dense(),
+        k_proj.dense(),
+        v_proj.dense(),
+    ) {
+        let weights = [q, k, v];
         let biases = all_biases(&linears);
         let fits = biases.as_ref().is_ok_and(|biases| {
             crate::cube::qkv_rotary_append_fits(
@@ -210,9 +216,17 @@ pub fn norm_swiglu<B: Backend>(
     }
 }
 
+/// One block of an output projection over the hidden size.
+#[derive(Debug, Clone)]
+pub enum Projection<B: Backend> {
+    /// `[hidden, cols]`, any strides (a tied head's embedding block transposed).
+    Dense(Tensor<B, 2>),
+    /// `[cols, hidden]` quantized.
+    Quantized(QuantizedMatrix<B>),
+}
+
 /// `x` `[batch, n, hidden]`, normalised first with `norm` when given, against the vocabulary
-/// `blocks` (`[hidden, cols]` each, any strides: a tied head's embedding blocks transposed) →
-/// scores `[batch, n, Σ cols]`.
+/// blocks of `projection` → scores `[batch, n, Σ cols]`.
 ///
 /// For one row on the CubeCL backends one launch per three blocks with the norm in each (one in
 /// all where the table is whole); otherwise the norm, one matrix product per block and their
@@ -220,10 +234,17 @@ pub fn norm_swiglu<B: Backend>(
 pub fn norm_project<B: Backend>(
     x: Tensor<B, 3>,
     norm: Option<&RowNorm<B>>,
-    blocks: &[Tensor<B, 2>],
+    projection: &[Projection<B>],
 ) -> Tensor<B, 3> {
+    let dense: Option<Vec<Tensor<B, 2>>> = projection
+        .iter()
+        .map(|p| match p {
+            Projection::Dense(t) => Some(t.clone()),
+            Projection::Quantized(_) => None,
+        })
+        .collect();
     #[cfg(feature = "cubecl")]
-    if super::runs::<B>(super::Kernel::Gemv) {
+    if let (true, Some(blocks)) = (super::runs::<B>(super::Kernel::Gemv), dense.as_ref()) {
         use crate::cube::{RowProjection, linear_row, linear_row_fits};
         let groups: Vec<&[Tensor<B, 2>]> = blocks.chunks(3).collect();
         let fits = groups
@@ -256,9 +277,13 @@ pub fn norm_project<B: Backend>(
     };
     let [b, n, h] = x.dims();
     let flat = x.reshape([b * n, h]);
-    let mut parts: Vec<Tensor<B, 2>> = blocks
+    let _ = dense;
+    let mut parts: Vec<Tensor<B, 2>> = projection
         .iter()
-        .map(|block| flat.clone().matmul(block.clone()))
+        .map(|block| match block {
+            Projection::Dense(block) => flat.clone().matmul(block.clone()),
+            Projection::Quantized(q) => super::quantized_matmul(flat.clone(), q),
+        })
         .collect();
     let scores = if parts.len() == 1 {
         parts.remove(0)
@@ -291,7 +316,8 @@ fn row<B: Backend>(
         } else {
             RowProjection::Concat
         };
-        let weights: Vec<Tensor<B, 2>> = linears.iter().map(|l| l.weight.val()).collect();
+        // Quantized weights go through `Linear::forward`.
+        let weights: Vec<Tensor<B, 2>> = linears.iter().map(|l| l.dense()).collect::<Option<_>>()?;
         // Biases on all of them or none (a mix, or biases on SwiGLU, fail the fit).
         let biases: Vec<Tensor<B, 1>> = linears
             .iter()
