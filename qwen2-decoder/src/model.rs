@@ -1,7 +1,7 @@
 use burn::module::{Module, Param};
 use burn::tensor::{Int, Tensor, backend::Backend};
-use vlm_kernels::loader::{LoadError, Loader, NameMap, Params, Source};
 use vlm_kernels::Quantization;
+use vlm_kernels::loader::{LoadError, Loader, NameMap, Params, Source};
 use vlm_kernels::ops::{self, Projection};
 
 use crate::Qwen2Config;
@@ -158,10 +158,12 @@ impl<B: Backend> Qwen2<B> {
             true => None,
             // `[vocab, hidden]` as stored; each block transposed on the host to a contiguous
             // `[hidden, cols]` (a transposed view would be laid out again by every product).
-            false => Some(match params.table_quantizable("lm_head", [vocab, h], rows)? {
-                Some(blocks) => LmHead::quantized(blocks),
-                None => LmHead::new(params.table("lm_head.weight", [vocab, h], rows, true)?),
-            }),
+            false => Some(
+                match params.table_quantizable("lm_head", [vocab, h], rows)? {
+                    Some(blocks) => LmHead::quantized(blocks),
+                    None => LmHead::new(params.table("lm_head.weight", [vocab, h], rows, true)?),
+                },
+            ),
         };
         Ok(Self {
             embed_tokens,

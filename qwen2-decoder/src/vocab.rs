@@ -121,7 +121,12 @@ impl<B: Backend> TokenEmbedding<B> {
                 .iter()
                 .map(|b| Projection::Dense(b.val().transpose()))
                 .collect(),
-            false => self.quantized.iter().cloned().map(Projection::Quantized).collect(),
+            false => self
+                .quantized
+                .iter()
+                .cloned()
+                .map(Projection::Quantized)
+                .collect(),
         }
     }
 }
@@ -155,8 +160,17 @@ impl<B: Backend> LmHead<B> {
     /// The head's blocks as an output projection.
     pub fn projection(&self) -> Vec<Projection<B>> {
         match self.quantized.is_empty() {
-            true => self.blocks.iter().map(|b| Projection::Dense(b.val())).collect(),
-            false => self.quantized.iter().cloned().map(Projection::Quantized).collect(),
+            true => self
+                .blocks
+                .iter()
+                .map(|b| Projection::Dense(b.val()))
+                .collect(),
+            false => self
+                .quantized
+                .iter()
+                .cloned()
+                .map(Projection::Quantized)
+                .collect(),
         }
     }
 }

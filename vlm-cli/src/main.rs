@@ -10,9 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use vlm_pipeline::backend::{self, Precision};
 use vlm_pipeline::output::{PredictionJson, write_atomically};
 use vlm_pipeline::prompt::DEFAULT_PROMPT;
-use vlm_pipeline::{
-    FastVlm, GenerationOptions, Message, Quantization, Request, Role, image, zoo,
-};
+use vlm_pipeline::{FastVlm, GenerationOptions, Message, Quantization, Request, Role, image, zoo};
 use vlm_server::{Limits, ServeOptions};
 
 /// `predict`'s sampling defaults are the pipeline's.
@@ -41,6 +39,21 @@ enum Command {
     Download(DownloadArgs),
     /// Serve the live webcam page and an OpenAI-compatible API (`/v1/chat/completions`).
     Serve(ServeArgs),
+    /// Write a copy of a release with its language model quantized (MLX's layout: loads as is).
+    Quantize(QuantizeArgs),
+}
+
+#[derive(Args)]
+struct QuantizeArgs {
+    /// The floating-point release directory to read.
+    #[arg(long)]
+    model_path: PathBuf,
+    /// q8 or q4 (MLX's affine scheme, groups of 64; q4g32 etc. for other groups).
+    #[arg(long, value_name = "q8|q4")]
+    quant: Quantization,
+    /// The new release directory (must not exist).
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(Args)]
@@ -247,6 +260,7 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Info(a) => (&a.backend, a.dtype),
         Command::Serve(a) => (&a.backend, a.dtype),
         Command::Download(a) => return download(a),
+        Command::Quantize(a) => return quantize(a),
     };
     let selection = backend::Selection::new(backend, dtype)?;
     selection.run(Dispatch {
@@ -278,6 +292,7 @@ fn dispatch<B: Backend>(
         Command::Encode(args) => encode::<B>(args, device),
         Command::Info(args) => info::<B>(args, selection, device),
         Command::Download(args) => download(args),
+        Command::Quantize(args) => quantize(args),
         Command::Serve(args) => serve::<B>(args, selection, device),
     }
 }
@@ -367,6 +382,42 @@ fn load_from<B: Backend>(
 ) -> Result<FastVlm<B>, String> {
     FastVlm::load_with(path, device, quantization, &mut |_| {})
         .map_err(|e| format!("cannot load `{}`: {e}", path.display()))
+}
+
+fn quantize(args: &QuantizeArgs) -> Result<(), String> {
+    let mut shown = -1i32;
+    let mut progress = |fraction: f32| {
+        let percent = (fraction * 100.0) as i32;
+        if percent != shown {
+            shown = percent;
+            eprint!("\rquantizing to {}: {percent:3}%", args.quant);
+        }
+    };
+    let summary = vlm_pipeline::quantize::quantize_release(
+        &args.model_path,
+        &args.out,
+        args.quant,
+        &mut progress,
+    )
+    .map_err(|e| {
+        if shown >= 0 {
+            eprintln!();
+        }
+        format!("cannot quantize `{}`: {e}", args.model_path.display())
+    })?;
+    eprintln!();
+    let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
+    println!(
+        "wrote {}: {} matrices at {}, {} tensors copied, {:.2} GiB → {:.2} GiB in {} file(s)",
+        args.out.display(),
+        summary.quantized,
+        args.quant,
+        summary.copied,
+        gib(summary.bytes_in),
+        gib(summary.bytes_out),
+        summary.shards
+    );
+    Ok(())
 }
 
 fn download(args: &DownloadArgs) -> Result<(), String> {

@@ -434,3 +434,95 @@ fn hostile_images_are_refused_before_the_model_loads() {
         }
     }
 }
+
+/// `quantize` writes a release that loads as it is and answers exactly as quantizing at load
+/// does (`predict --quant q4`); the 4-bit model is not the f32 one; an existing output or an
+/// already quantized input is refused, and a refused run leaves nothing behind.
+#[test]
+fn quantize_writes_a_release_equal_to_quantizing_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("q4");
+    let run = cli(&[
+        "quantize",
+        "--model-path",
+        s(&model()),
+        "--quant",
+        "q4",
+        "--out",
+        s(&out),
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let config = std::fs::read_to_string(out.join("config.json")).unwrap();
+    let config: serde_json::Value = serde_json::from_str(&config).unwrap();
+    assert_eq!(
+        config["quantization"],
+        serde_json::json!({"group_size": 64, "bits": 4})
+    );
+    let img = image();
+    let ids = |args: &[&str]| {
+        let mut all = vec!["predict", "--image-file", s(&img), "--json"];
+        all.extend(["--temperature", "0", "--max-new-tokens", "12"]);
+        all.extend(args);
+        let run = cli(&all);
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let json: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+        json["token_ids"].clone()
+    };
+    let stored = ids(&["--model-path", s(&out)]);
+    assert_eq!(stored, ids(&["--model-path", s(&model()), "--quant", "q4"]));
+    assert_ne!(stored, ids(&["--model-path", s(&model())]));
+    let tensors = vlm_pipeline::Weights::open(&out).unwrap();
+    assert_eq!(
+        tensors
+            .dtype("model.layers.0.mlp.down_proj.weight")
+            .as_deref(),
+        Some("U32")
+    );
+    assert!(tensors.contains("model.layers.0.mlp.down_proj.scales"));
+
+    let again = cli(&[
+        "quantize",
+        "--model-path",
+        s(&model()),
+        "--quant",
+        "q8",
+        "--out",
+        s(&out),
+    ]);
+    assert_clean_failure(&again, "exists");
+    let twice = dir.path().join("twice");
+    let run = cli(&[
+        "quantize",
+        "--model-path",
+        s(&out),
+        "--quant",
+        "q8",
+        "--out",
+        s(&twice),
+    ]);
+    assert_clean_failure(&run, "quantized already");
+    let bad = cli(&[
+        "quantize",
+        "--model-path",
+        s(&model()),
+        "--quant",
+        "q3",
+        "--out",
+        s(&twice),
+    ]);
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success() && stderr.contains("q3") && !stderr.contains("panicked"));
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, ["q4"], "nothing but the finished release");
+}

@@ -30,7 +30,7 @@ pub mod testing;
 
 pub use geometry::Depthwise;
 pub use linear::{Linear, LinearWeight};
-pub use quant::{QuantizedMatrix, Quantization};
+pub use quant::{Quantization, QuantizedMatrix};
 
 use std::any::{Any, TypeId};
 

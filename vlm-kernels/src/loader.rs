@@ -13,7 +13,7 @@ use burn::tensor::{DType, Distribution, Tensor, TensorData, backend::Backend};
 use safetensors::Dtype;
 
 use crate::Linear;
-use crate::quant::{HostQuantized, QuantizedMatrix, Quantization, ScaleType, quantize};
+use crate::quant::{HostQuantized, Quantization, QuantizedMatrix, ScaleType, quantize};
 
 /// Where a checkpoint's tensors come from: a tensor by its name in the checkpoint, `None` when
 /// absent (any float dtype; the loader converts).
@@ -154,7 +154,10 @@ pub trait Params<B: Backend> {
                 true => Some(self.tensor(&format!("{name}.bias"), [d_out])?),
                 false => None,
             };
-            return Ok(Linear::quantized(QuantizedMatrix::upload(&weight, self.device()), bias));
+            return Ok(Linear::quantized(
+                QuantizedMatrix::upload(&weight, self.device()),
+                bias,
+            ));
         }
         let weight = self.host(&format!("{name}.weight"), &[d_out, d_in])?;
         let bias = match bias {
@@ -185,7 +188,11 @@ pub trait Params<B: Backend> {
 
     /// The values of `name` and the floating-point type they are stored in (the type
     /// quantization rounds scales to).
-    fn host_typed(&mut self, name: &str, shape: &[usize]) -> Result<(Vec<f32>, ScaleType), LoadError> {
+    fn host_typed(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+    ) -> Result<(Vec<f32>, ScaleType), LoadError> {
         Ok((self.host(name, shape)?, ScaleType::F32))
     }
 
@@ -225,7 +232,10 @@ pub trait Params<B: Backend> {
             true => Some(self.tensor(&format!("{name}.bias"), [d_out])?),
             false => None,
         };
-        Ok(Linear::quantized(QuantizedMatrix::upload(&weight, self.device()), bias))
+        Ok(Linear::quantized(
+            QuantizedMatrix::upload(&weight, self.device()),
+            bias,
+        ))
     }
 
     /// A `[rows, cols]` table (`{name}.weight`) quantized as [`Params::quantized`] decides, in
@@ -239,7 +249,10 @@ pub trait Params<B: Backend> {
         let Some(table) = self.quantized(name, rows, cols)? else {
             return Ok(None);
         };
-        let (words, groups) = (cols / table.scheme.per_word(), cols / table.scheme.group_size);
+        let (words, groups) = (
+            cols / table.scheme.per_word(),
+            cols / table.scheme.group_size,
+        );
         let device = self.device().clone();
         Ok(Some(
             (0..rows)
@@ -463,7 +476,11 @@ impl<B: Backend> Params<B> for Loader<'_, B> {
         Self::floats(full, data)
     }
 
-    fn host_typed(&mut self, name: &str, shape: &[usize]) -> Result<(Vec<f32>, ScaleType), LoadError> {
+    fn host_typed(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+    ) -> Result<(Vec<f32>, ScaleType), LoadError> {
         let (full, data) = self.fetch(name, shape)?;
         let stored = ScaleType::of(data.dtype);
         Ok((Self::floats(full, data)?, stored))

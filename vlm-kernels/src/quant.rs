@@ -13,7 +13,9 @@
 //! quantized by mlx-vlm hold the same words (checked against MLX in `tests/quant.rs`).
 
 use burn::module::{Module, Param, ParamId};
-use burn::tensor::{DType, ElementConversion, Int, Tensor, TensorCreationOptions, TensorData, backend::Backend};
+use burn::tensor::{
+    DType, ElementConversion, Int, Tensor, TensorCreationOptions, TensorData, backend::Backend,
+};
 
 /// A quantization scheme: bits per value and values per group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -75,7 +77,11 @@ impl std::str::FromStr for Quantization {
     /// `q8` or `q4` (groups of 64, as MLX's exports), or `q8g32`, `q4g128`, … for another
     /// group size.
     fn from_str(text: &str) -> Result<Self, String> {
-        let bad = || format!("unknown quantization `{text}`: use q8 or q4 (optionally g32/g64/g128, e.g. q4g32)");
+        let bad = || {
+            format!(
+                "unknown quantization `{text}`: use q8 or q4 (optionally g32/g64/g128, e.g. q4g32)"
+            )
+        };
         let rest = text.strip_prefix('q').ok_or_else(bad)?;
         let (bits, group) = match rest.split_once('g') {
             Some((bits, group)) => (bits, group.parse::<usize>().map_err(|_| bad())?),
@@ -232,7 +238,13 @@ impl HostQuantized {
     /// `dequantize` computes it: the product, then the sum).
     pub fn dequantize(&self) -> Vec<f32> {
         let mut out = vec![0.0f32; self.rows * self.cols];
-        dequantize_rows(self.scheme, &self.packed, &self.scales, &self.biases, &mut out);
+        dequantize_rows(
+            self.scheme,
+            &self.packed,
+            &self.scales,
+            &self.biases,
+            &mut out,
+        );
         out
     }
 }
@@ -285,7 +297,8 @@ impl<B: Backend> QuantizedMatrix<B> {
             TensorData::new(q.packed.clone(), [q.rows, words]),
             TensorCreationOptions::new(device.clone()).with_dtype(DType::U32),
         );
-        let floats = |v: &[f32]| Tensor::from_data(TensorData::new(v.to_vec(), [q.rows, groups]), device);
+        let floats =
+            |v: &[f32]| Tensor::from_data(TensorData::new(v.to_vec(), [q.rows, groups]), device);
         Self {
             packed: Param::initialized(ParamId::new(), packed),
             scales: Param::from_tensor(floats(&q.scales)),

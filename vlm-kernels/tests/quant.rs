@@ -8,7 +8,7 @@ use vlm_kernels::loader::{LoadError, Loader, NameMap, Params};
 use vlm_kernels::ops::quantized_matmul;
 use vlm_kernels::quant::{ScaleType, quantize};
 use vlm_kernels::testing::{Fixture, fixtures, rel_l2};
-use vlm_kernels::{QuantizedMatrix, Quantization};
+use vlm_kernels::{Quantization, QuantizedMatrix};
 
 fn mlx() -> Fixture {
     Fixture::open(&fixtures().join("quant/mlx.safetensors"))
@@ -23,7 +23,9 @@ fn floats(f: &Fixture, name: &str) -> Vec<f32> {
 }
 
 fn words(f: &Fixture, name: &str) -> Vec<u32> {
-    let data = f.get(name).unwrap_or_else(|| panic!("fixture tensor `{name}`"));
+    let data = f
+        .get(name)
+        .unwrap_or_else(|| panic!("fixture tensor `{name}`"));
     assert_eq!(data.dtype, DType::U32, "{name}");
     data.into_vec::<u32>().unwrap()
 }
@@ -41,7 +43,11 @@ fn quantize_and_dequantize_equal_mlx() {
             let input = f.get(&format!("{case}.{dtype}.input")).unwrap();
             let [rows, cols] = [input.shape[0], input.shape[1]];
             let values = input.convert::<f32>().into_vec::<f32>().unwrap();
-            let stored = if dtype == "bf16" { ScaleType::BF16 } else { ScaleType::F32 };
+            let stored = if dtype == "bf16" {
+                ScaleType::BF16
+            } else {
+                ScaleType::F32
+            };
             for bits in [4, 8] {
                 for group in [32, 64, 128] {
                     let key = format!("{case}.{dtype}.q{bits}g{group}");
@@ -95,7 +101,8 @@ fn device_dequantization_equals_the_host() {
         let q = QuantizedMatrix::<Flex>::upload(&host, &device);
         assert_eq!(q.to_host(), host);
         assert_eq!([q.rows(), q.cols()], [6, 256]);
-        let want = Tensor::<Flex, 2>::from_data(TensorData::new(host.dequantize(), [6, 256]), &device);
+        let want =
+            Tensor::<Flex, 2>::from_data(TensorData::new(host.dequantize(), [6, 256]), &device);
         q.dequantize().into_data().assert_eq(&want.to_data(), true);
         q.row(4)
             .into_data()
@@ -123,11 +130,16 @@ fn flex_products_equal_dequantize_then_matmul() {
             group_size: group,
         };
         for (rows, cols) in [(200, 896), (37, 128), (1000, 4864)] {
-            let w = random([rows, cols], 0.05).into_data().into_vec::<f32>().unwrap();
+            let w = random([rows, cols], 0.05)
+                .into_data()
+                .into_vec::<f32>()
+                .unwrap();
             let host = quantize(&w, rows, cols, scheme, ScaleType::F32);
             let q = QuantizedMatrix::<Flex>::upload(&host, &device);
-            let dense =
-                Tensor::<Flex, 2>::from_data(TensorData::new(host.dequantize(), [rows, cols]), &device);
+            let dense = Tensor::<Flex, 2>::from_data(
+                TensorData::new(host.dequantize(), [rows, cols]),
+                &device,
+            );
             for m in [1, 2, 4, 5, 37] {
                 let x = random([m, cols], 1.0);
                 let want = x.clone().matmul(dense.clone().transpose());
@@ -161,9 +173,18 @@ fn loader_reads_mlx_layout_and_quantizes_at_load() {
     let values = floats(&f, "normal.f32.input");
     let stored = |key: &str, name: &str| -> Vec<(String, TensorData)> {
         vec![
-            (format!("{name}.weight"), f.get(&format!("{key}.weight")).unwrap()),
-            (format!("{name}.scales"), f.get(&format!("{key}.scales")).unwrap()),
-            (format!("{name}.biases"), f.get(&format!("{key}.biases")).unwrap()),
+            (
+                format!("{name}.weight"),
+                f.get(&format!("{key}.weight")).unwrap(),
+            ),
+            (
+                format!("{name}.scales"),
+                f.get(&format!("{key}.scales")).unwrap(),
+            ),
+            (
+                format!("{name}.biases"),
+                f.get(&format!("{key}.biases")).unwrap(),
+            ),
         ]
     };
     let names = NameMap::new("language_model.", &[]);
@@ -174,19 +195,31 @@ fn loader_reads_mlx_layout_and_quantizes_at_load() {
         let mut loader = Loader::<Flex>::new(&mut source, &names, &device);
         let linear = loader.linear("l", 256, 6, false).unwrap();
         let q = linear.quantized_weight().expect("loaded quantized");
-        assert_eq!(q.scheme(), Quantization { bits, group_size: group });
+        assert_eq!(
+            q.scheme(),
+            Quantization {
+                bits,
+                group_size: group
+            }
+        );
         let want = quantize(&values, 6, 256, q.scheme(), ScaleType::F32);
         assert_eq!(q.to_host(), want);
 
         // The same from the f32 matrix, quantized as it loads.
-        let dense = [("language_model.l.weight".to_string(), f.get("normal.f32.input").unwrap())];
+        let dense = [(
+            "language_model.l.weight".to_string(),
+            f.get("normal.f32.input").unwrap(),
+        )];
         let mut source = |n: &str| dense.iter().find(|(k, _)| k == n).map(|(_, d)| d.clone());
         let mut loader =
             Loader::<Flex>::new(&mut source, &names, &device).with_quantization(Some(q.scheme()));
         let at_load = loader.linear_quantizable("l", 256, 6, false).unwrap();
         assert_eq!(at_load.quantized_weight().unwrap().to_host(), want);
         let plain = loader.linear("l", 256, 6, false).unwrap();
-        assert!(plain.quantized_weight().is_none(), "`linear` keeps f32 weights f32");
+        assert!(
+            plain.quantized_weight().is_none(),
+            "`linear` keeps f32 weights f32"
+        );
         let x = random([3, 256], 1.0);
         let err = rel_l2(at_load.forward(x.clone()), linear.forward(x));
         assert!(err < 1e-6, "{err}");
@@ -199,14 +232,20 @@ fn loader_reads_mlx_layout_and_quantizes_at_load() {
     let err = Loader::<Flex>::new(&mut source, &names, &device)
         .linear("l", 256, 6, false)
         .unwrap_err();
-    assert!(matches!(&err, LoadError::Config(m) if m.contains("language_model.l.weight")), "{err}");
+    assert!(
+        matches!(&err, LoadError::Config(m) if m.contains("language_model.l.weight")),
+        "{err}"
+    );
     let mut broken = stored("normal.f32.q4g64", "language_model.l");
     broken[0].1 = TensorData::new(vec![0.5f32; 6 * 32], [6, 32]);
     let mut source = |n: &str| broken.iter().find(|(k, _)| k == n).map(|(_, d)| d.clone());
     let err = Loader::<Flex>::new(&mut source, &names, &device)
         .linear("l", 256, 6, false)
         .unwrap_err();
-    assert!(matches!(&err, LoadError::DType { name, .. } if name == "language_model.l.weight"), "{err}");
+    assert!(
+        matches!(&err, LoadError::DType { name, .. } if name == "language_model.l.weight"),
+        "{err}"
+    );
     let mut broken = stored("normal.f32.q4g64", "language_model.l");
     broken[1].1 = TensorData::new(vec![0.5f32; 5 * 4], [5, 4]);
     let mut source = |n: &str| broken.iter().find(|(k, _)| k == n).map(|(_, d)| d.clone());
@@ -223,7 +262,10 @@ fn schemes_parse() {
     assert_eq!("q8".parse::<Quantization>().unwrap(), Quantization::Q8);
     assert_eq!(
         "q4g32".parse::<Quantization>().unwrap(),
-        Quantization { bits: 4, group_size: 32 }
+        Quantization {
+            bits: 4,
+            group_size: 32
+        }
     );
     assert_eq!(Quantization::Q4.to_string(), "q4");
     for bad in ["q3", "int4", "q4g48", "", "q"] {

@@ -273,18 +273,15 @@ impl<B: Backend> FastVlm<B> {
             .map(|_| ())
     }
 
-    /// Runs a request, calling `on_token` for every generated token as it comes; `on_token`
-    /// returning `Break` stops generation (finish reason `Cancelled`), e.g. when the client left.
-    pub fn generate(
+    /// The request's prompt as input embeddings `[1, positions, hidden]` (template ids with the
+    /// image's projected tokens spliced in) and its length; `metrics` gets the preprocessing,
+    /// encoding and token counts, timed from `start`.
+    fn prompt_embeds(
         &self,
         request: &Request,
-        on_token: &mut dyn FnMut(TokenEvent<'_>) -> ControlFlow<()>,
-    ) -> Result<Generation, PipelineError> {
-        let options = &request.options;
-        options.validate().map_err(PipelineError::Options)?;
-        let start = Instant::now();
-        let mut metrics = Metrics::default();
-
+        metrics: &mut Metrics,
+        start: Instant,
+    ) -> Result<(Tensor<B, 3>, usize), PipelineError> {
         let system = request
             .system
             .as_deref()
@@ -333,6 +330,74 @@ impl<B: Backend> FastVlm<B> {
             image.into_iter().collect(),
             &self.device,
         );
+        Ok((embeds, total))
+    }
+
+    /// Teacher forcing: the log-probabilities `[continuation.len(), vocab]` the model gives each
+    /// token of `continuation` after the request's prompt and the tokens before it (one
+    /// forward over prompt and continuation). For comparing models on the same text (a
+    /// quantized one against its f32 original); the vocabulary is the usable one.
+    pub fn continuation_logprobs(
+        &self,
+        request: &Request,
+        continuation: &[u32],
+    ) -> Result<Vec<Vec<f32>>, PipelineError> {
+        let mut metrics = Metrics::default();
+        let (prompt, total) = self.prompt_embeds(request, &mut metrics, Instant::now())?;
+        let n = continuation.len();
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<i64> = continuation[..n - 1].iter().map(|&t| t as i64).collect();
+        let embeds = match ids.is_empty() {
+            true => prompt,
+            false => {
+                let text = self.decoder.embed(Tensor::<B, 2, Int>::from_data(
+                    TensorData::new(ids, [1, n - 1]),
+                    &self.device,
+                ));
+                Tensor::cat(vec![prompt, text], 1)
+            }
+        };
+        let mut cache = self.decoder.new_cache(1, total + n, &self.device)?;
+        let hidden = self.decoder.hidden(embeds, &mut cache)?;
+        let logits = self.decoder.logits(hidden.narrow(1, total - 1, n));
+        let vocab = self.vocab_len();
+        let values = logits
+            .narrow(2, 0, vocab)
+            .into_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .map_err(|e| PipelineError::Options(format!("logits: {e:?}")))?;
+        Ok(values
+            .chunks_exact(vocab)
+            .map(|row| {
+                let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                let log_sum = row
+                    .iter()
+                    .map(|&v| ((v - max) as f64).exp())
+                    .sum::<f64>()
+                    .ln();
+                row.iter()
+                    .map(|&v| ((v - max) as f64 - log_sum) as f32)
+                    .collect()
+            })
+            .collect())
+    }
+
+    /// Runs a request, calling `on_token` for every generated token as it comes; `on_token`
+    /// returning `Break` stops generation (finish reason `Cancelled`), e.g. when the client left.
+    pub fn generate(
+        &self,
+        request: &Request,
+        on_token: &mut dyn FnMut(TokenEvent<'_>) -> ControlFlow<()>,
+    ) -> Result<Generation, PipelineError> {
+        let options = &request.options;
+        options.validate().map_err(PipelineError::Options)?;
+        let start = Instant::now();
+        let mut metrics = Metrics::default();
+
+        let (embeds, total) = self.prompt_embeds(request, &mut metrics, start)?;
 
         let max_new = options
             .max_new_tokens

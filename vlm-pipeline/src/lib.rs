@@ -14,6 +14,7 @@ pub mod image;
 mod jpeg;
 pub mod output;
 pub mod prompt;
+pub mod quantize;
 pub mod resize;
 pub mod tokenizer;
 pub mod weights;

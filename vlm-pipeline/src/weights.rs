@@ -190,7 +190,25 @@ impl Weights {
             Ok(view) => vlm_kernels::loader::stored_tensor_data(&view).unwrap_or_else(|_| raw()),
             Err(_) => raw(),
         };
+        // The values are copied out: the file's pages need not stay in this process's resident
+        // set (a 7B release is 15 GB of them). They stay in the page cache; a later read of
+        // the same range faults them back in.
+        #[cfg(unix)]
+        {
+            let (map, base) = (&self.files[e.file].1, e.start);
+            // SAFETY: the mapping is read-only and file-backed: dropping its pages loses
+            // nothing, and no reference into the range outlives this call (`data` is a copy).
+            let _ = unsafe {
+                map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, base, e.end - base)
+            };
+        }
         Some(data)
+    }
+
+    /// A tensor as stored: its safetensors dtype, shape and little-endian bytes.
+    pub fn raw(&self, name: &str) -> Option<(safetensors::Dtype, &[usize], &[u8])> {
+        let e = self.entries.get(name)?;
+        Some((e.dtype, &e.shape, &self.files[e.file].1[e.start..e.end]))
     }
 
     /// The stored dtype of a tensor, as safetensors names it.

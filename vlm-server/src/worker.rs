@@ -187,9 +187,14 @@ impl Worker {
                 for job in rx {
                     thread_shared.running.store(true, Ordering::SeqCst);
                     match job {
-                        Job::Load { name, dir } => {
-                            load(&thread_shared, &mut model, (name, dir), &device, warm_up, quantization)
-                        }
+                        Job::Load { name, dir } => load(
+                            &thread_shared,
+                            &mut model,
+                            (name, dir),
+                            &device,
+                            warm_up,
+                            quantization,
+                        ),
                         Job::Generate(job) => generate(model.as_ref(), job),
                     }
                     thread_shared.running.store(false, Ordering::SeqCst);

@@ -9,12 +9,15 @@ use std::time::Duration;
 use common::{MODEL, TestServer, agent, chat, fixtures};
 use serde_json::{Value, json};
 use tungstenite::Message;
-use vlm_pipeline::{FastVlm, GenerationOptions, Request, Role};
+use vlm_pipeline::{FastVlm, GenerationOptions, Quantization, Request, Role};
 
 /// What the pipeline itself answers for `image` and `prompt`, greedily.
 fn direct(image: &str, prompt: &str, max_tokens: usize) -> (String, usize) {
-    let model = FastVlm::<common::Cpu>::load(&fixtures().join(MODEL), &Default::default()).unwrap();
-    let request = Request {
+    direct_with(None, image, prompt, max_tokens)
+}
+
+fn request(image: &str, prompt: &str, max_tokens: usize) -> Request {
+    Request {
         image: Some(vlm_pipeline::image::load(&fixtures().join("images").join(image)).unwrap()),
         system: None,
         messages: vec![vlm_pipeline::Message {
@@ -26,11 +29,101 @@ fn direct(image: &str, prompt: &str, max_tokens: usize) -> (String, usize) {
             max_new_tokens: max_tokens,
             ..Default::default()
         },
-    };
+    }
+}
+
+/// [`direct`] with the language model quantized as it loads.
+fn direct_with(
+    quantization: Option<Quantization>,
+    image: &str,
+    prompt: &str,
+    max_tokens: usize,
+) -> (String, usize) {
+    let model = FastVlm::<common::Cpu>::load_with(
+        &fixtures().join(MODEL),
+        &Default::default(),
+        quantization,
+        &mut |_| {},
+    )
+    .unwrap();
     let g = model
-        .generate(&request, &mut |_| ControlFlow::Continue(()))
+        .generate(&request(image, prompt, max_tokens), &mut |_| {
+            ControlFlow::Continue(())
+        })
         .unwrap();
     (g.text, g.metrics.prompt_tokens)
+}
+
+/// `serve --quant q4`: the page, the API and the WebSocket answer with the 4-bit model (the
+/// pipeline's own answer with the same quantization), which is not the f32 model.
+#[test]
+fn a_quantized_model_serves_the_page_the_api_and_the_socket() {
+    let server = TestServer::start(true, |o| o.quantization = Some(Quantization::Q4));
+    let mut r = agent().get(&format!("{}/", server.base)).call().unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(r.body_mut().read_to_string().unwrap().contains("/ws"));
+
+    let (text, _) = direct_with(
+        Some(Quantization::Q4),
+        "wide.png",
+        "Describe the image.",
+        12,
+    );
+    assert!(!text.is_empty());
+    let (status, body) = server.post(
+        "/v1/chat/completions",
+        &chat("wide.png", "Describe the image.", 12),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["choices"][0]["message"]["content"], text.as_str());
+
+    let (mut socket, _) = tungstenite::connect(server.ws_url()).unwrap();
+    socket
+        .send(Message::Text(
+            json!({"type": "config", "prompt": "Describe the image.", "temperature": 0, "max_tokens": 12})
+                .to_string()
+                .into(),
+        ))
+        .unwrap();
+    let jpeg = std::fs::read(fixtures().join("images/photo.jpg")).unwrap();
+    socket.send(Message::Binary(jpeg.into())).unwrap();
+    let seen = read_until(&mut socket, |v| v["type"] == "done");
+    let (expected, _) = direct_with(
+        Some(Quantization::Q4),
+        "photo.jpg",
+        "Describe the image.",
+        12,
+    );
+    assert_eq!(seen.last().unwrap()["text"], expected.as_str());
+
+    // The 4-bit model is another model: its log-probabilities over the f32 answer differ.
+    let load = |q| {
+        FastVlm::<common::Cpu>::load_with(
+            &fixtures().join(MODEL),
+            &Default::default(),
+            q,
+            &mut |_| {},
+        )
+        .unwrap()
+    };
+    let (f32_model, q4_model) = (load(None), load(Some(Quantization::Q4)));
+    let req = request("wide.png", "Describe the image.", 12);
+    let ids = f32_model
+        .generate(&req, &mut |_| ControlFlow::Continue(()))
+        .unwrap()
+        .token_ids;
+    let (want, got) = (
+        f32_model.continuation_logprobs(&req, &ids).unwrap(),
+        q4_model.continuation_logprobs(&req, &ids).unwrap(),
+    );
+    assert_eq!(want.len(), ids.len());
+    let moved = want
+        .iter()
+        .zip(&got)
+        .flat_map(|(a, b)| a.iter().zip(b))
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(moved > 1e-3, "quantization changed nothing ({moved})");
 }
 
 #[test]

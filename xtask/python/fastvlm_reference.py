@@ -146,7 +146,20 @@ def write_tokenizer(out, tokens, merges):
 
 # ---------------------------------------------------------------- checkpoint
 
-def make_checkpoint(variant, layers, out):
+def with_outliers(name, values, count):
+    """`values` with `count` input channels (columns) of a language-model projection scaled by 20,
+    as trained LLMs have a few channels far larger than the rest (uniform random weights flatter
+    4-bit quantization: every group's range is the same)."""
+    if not count or not name.endswith("_proj.weight") or ".layers." not in name:
+        return values
+    rng = np.random.default_rng(int(formula.fnv1a64(name)))
+    columns = rng.choice(values.shape[1], size=count, replace=False)
+    values = values.copy()
+    values[:, columns] *= np.float32(20.0)
+    return values
+
+
+def make_checkpoint(variant, layers, out, outliers=0):
     os.makedirs(out, exist_ok=True)
     tokens, merges = tiny_vocab() if variant == "tiny" else qwen2_vocab()
     tok_len = write_tokenizer(out, tokens, merges)
@@ -175,40 +188,53 @@ def make_checkpoint(variant, layers, out):
     with open(os.path.join(out, "config.json"), "w") as f:
         json.dump(config, f, indent=2, sort_keys=True)
 
-    tensors = {}
+    # Each tensor is made when its file is written (a 28-layer 7B is 30 GB in f32: never all
+    # at once).
+    makers = {}
     timm_tower = build(tower)
     sd = timm_tower.state_dict()
     for a, t in apple_names(timm_tower).items():
-        tensors[APPLE_PREFIX + a] = formula.tensor(SEED, a, list(sd[t].shape))
+        makers[APPLE_PREFIX + a] = (lambda a=a, shape=list(sd[t].shape): formula.tensor(SEED, a, shape))
         if a.endswith("bn.weight"):
-            tensors[APPLE_PREFIX + a.replace("bn.weight", "bn.num_batches_tracked")] = np.array(1000, dtype=np.int64)
+            makers[APPLE_PREFIX + a.replace("bn.weight", "bn.num_batches_tracked")] = (
+                lambda: np.array(1000, dtype=np.int64))
     c = 2 * tower["embed_dims"][4]
-    tensors[APPLE_PREFIX + "head.proj"] = formula.tensor(SEED, "head.proj", [c, 768 if variant != "tiny" else 64])
+    makers[APPLE_PREFIX + "head.proj"] = (
+        lambda: formula.tensor(SEED, "head.proj", [c, 768 if variant != "tiny" else 64]))
     h = llm["hidden_size"]
     for i, (din, dout) in enumerate([(c, h), (h, h)]):
         for kind, shape in (("weight", [dout, din]), ("bias", [dout])):
             name = f"model.mm_projector.{2 * i}.{kind}"
-            tensors[name] = formula.tensor(SEED, name, shape)
+            makers[name] = (lambda name=name, shape=shape: formula.tensor(SEED, name, shape))
     for name, shape in qwen2_shapes(llm):
-        tensors[name] = formula.tensor(SEED, name, shape)
+        makers[name] = (lambda name=name, shape=shape: with_outliers(name, formula.tensor(SEED, name, shape), outliers))
     if llm["tie_word_embeddings"]:
-        tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"]  # released tied files store it too
-    torch_tensors = {k: (torch.from_numpy(np.ascontiguousarray(v)).to(torch.bfloat16) if v.dtype == np.float32
-                         else torch.from_numpy(np.asarray(v))) for k, v in tensors.items()}
+        makers["lm_head.weight"] = makers["model.embed_tokens.weight"]  # released tied files store it too
+
+    def bf16(v):
+        t = torch.from_numpy(np.ascontiguousarray(v))
+        return t.to(torch.bfloat16) if v.dtype == np.float32 else t
+
+    names = sorted(makers)
     if variant == "7b":
-        names = sorted(torch_tensors)
-        shards = [names[i::4] for i in range(4)]
+        total = sum(int(np.prod(s)) * 2 for _, s in qwen2_shapes(llm))
+        count = max(4, -(-total // (2 << 30)))  # shards of about 2 GB
+        shards = [names[i::count] for i in range(count)]
         weight_map = {}
+        total = 0
         for i, shard in enumerate(shards):
-            file = f"model-{i + 1:05d}-of-00004.safetensors"
-            save_file({n: torch_tensors[n].contiguous() for n in shard}, os.path.join(out, file), metadata={"format": "pt"})
+            file = f"model-{i + 1:05d}-of-{count:05d}.safetensors"
+            part = {n: bf16(makers[n]()).contiguous() for n in shard}
+            total += sum(t.numel() * t.element_size() for t in part.values())
+            save_file(part, os.path.join(out, file), metadata={"format": "pt"})
+            del part
             weight_map.update({n: file for n in shard})
-        total = sum(t.numel() * t.element_size() for t in torch_tensors.values())
         with open(os.path.join(out, "model.safetensors.index.json"), "w") as f:
             json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
     else:
-        save_file({k: v.contiguous() for k, v in torch_tensors.items()}, os.path.join(out, "model.safetensors"),
+        save_file({n: bf16(makers[n]()).contiguous() for n in names}, os.path.join(out, "model.safetensors"),
                   metadata={"format": "pt"})
+    torch_tensors = makers
     print(f"wrote {out}: {variant}, {len(torch_tensors)} tensors, tokenizer {tok_len}", file=sys.stderr)
 
 
@@ -350,6 +376,8 @@ def main():
     mk = sub.add_parser("make-checkpoint")
     mk.add_argument("--variant", choices=list(LLM), required=True)
     mk.add_argument("--layers", type=int)
+    mk.add_argument("--outliers", type=int, default=0,
+                    help="input channels per language-model projection scaled by 20 (heavy tails)")
     mk.add_argument("--out", required=True)
     ref = sub.add_parser("reference")
     ref.add_argument("--model", required=True)
@@ -364,7 +392,7 @@ def main():
     px.add_argument("--out", required=True)
     a = ap.parse_args()
     if a.cmd == "make-checkpoint":
-        make_checkpoint(a.variant, a.layers, a.out)
+        make_checkpoint(a.variant, a.layers, a.out, a.outliers)
     elif a.cmd == "reference":
         reference(a.model, a.image, a.prompt, a.max_new_tokens, a.logprobs, a.out)
     else:

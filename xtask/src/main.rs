@@ -3,7 +3,7 @@
 //! - `golden [--only fastvithd|qwen2|e2e|jpeg|jpeg-cut|quant]`: regenerates the committed parity fixtures under `fixtures/` from
 //!   the Python references (timm, transformers) in a virtual environment this task creates
 //!   (`.venv/` at the repository root, or `$FASTVLM_VENV`). `cargo test` never needs it.
-//! - `make-checkpoint --variant tiny|0.5b|1.5b|7b [--layers N] --out DIR [--image IMG]
+//! - `make-checkpoint --variant tiny|0.5b|1.5b|7b [--layers N] [--outliers N] --out DIR [--image IMG]
 //!   [--prompt TEXT]`: a seeded random-weight directory in Apple's exact release layout, and,
 //!   with `--image`, the reference's outputs for it in `DIR.reference.safetensors`.
 //! - `verify --model DIR --image IMG [--backend cpu] [-- CARGO_FLAGS]`: runs the release
@@ -545,7 +545,7 @@ fn make_checkpoint(args: &[String]) -> Result<(), String> {
             .ok_or_else(|| format!("`{flag}` needs a value"))?
             .clone();
         match flag.as_str() {
-            "--variant" | "--layers" => make.extend([flag.clone(), value]),
+            "--variant" | "--layers" | "--outliers" => make.extend([flag.clone(), value]),
             "--out" => {
                 make.extend([flag.clone(), value.clone()]);
                 out = Some(value);

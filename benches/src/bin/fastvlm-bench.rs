@@ -10,6 +10,9 @@
 //!                        prefill/280, step, decode tok/s with weights drawn on the device
 //! fastvlm-bench linear   [--quant q8|q4]     one 0.5B linear layer (gate, down, head) at 1
 //!                        and 280 rows
+//! fastvlm-bench quality  --model-path DIR --image A[,B…] [--tokens 24] [--quants q8,q4]
+//!                        a release's quantized language model against its f32 one: greedy
+//!                        answer per image, then teacher-forced KL and top-1 agreement
 //! fastvlm-bench profile  [--iters 5]            where the time goes: a sync, the encoder's
 //!                        parts at 1024², single ops at their shapes, a 0.5B step's parts
 //! fastvlm-bench launches [--res 256] [--shape 0.5b] [--prompt 16] [--only encoder|decode]
@@ -145,6 +148,7 @@ fn run<B: Backend>(args: &[String], backend_name: &str) -> ExitCode {
         }
         Some("profile") => run_profile::<B>(&tag, iters),
         Some("linear") => run_linear::<B>(&tag, iters, quant),
+        Some("quality") => run_quality::<B>(args),
         Some("launches") => {
             let res = flag(args, "--res")
                 .and_then(|s| s.parse().ok())
@@ -166,7 +170,7 @@ fn run<B: Backend>(args: &[String], backend_name: &str) -> ExitCode {
         }
         _ => {
             eprintln!(
-                "usage: fastvlm-bench encoder|decoder|pipeline|decode|linear|profile|launches [--iters N] [--res R,…] [--tokens N] [--shape S] [--backend B] [--dtype D]"
+                "usage: fastvlm-bench encoder|decoder|pipeline|decode|linear|quality|profile|launches [--iters N] [--res R,…] [--tokens N] [--shape S] [--backend B] [--dtype D]"
             );
             ExitCode::FAILURE
         }
@@ -387,7 +391,11 @@ fn run_linear<B: Backend>(
 ) -> ExitCode {
     use vlm_kernels::{Linear, QuantizedMatrix, quant};
     let device: B::Device = Default::default();
-    for (name, d_in, d_out) in [("gate", 896, 4864), ("down", 4864, 896), ("head", 896, 151936)] {
+    for (name, d_in, d_out) in [
+        ("gate", 896, 4864),
+        ("down", 4864, 896),
+        ("head", 896, 151936),
+    ] {
         let w = Tensor::<B, 2>::random([d_out, d_in], Distribution::Normal(0.0, 0.05), &device);
         let linear = match quant {
             Some(scheme) => {
@@ -399,12 +407,160 @@ fn run_linear<B: Backend>(
             None => Linear::new(Tensor::from_data(w.transpose().into_data(), &device), None),
         };
         for rows in [1, 280] {
-            let x = Tensor::<B, 3>::random([1, rows, d_in], Distribution::Normal(0.0, 1.0), &device);
+            let x =
+                Tensor::<B, 3>::random([1, rows, d_in], Distribution::Normal(0.0, 1.0), &device);
             measure(tag, &format!("linear/{name}/{rows}"), iters.max(20), || {
                 let y = linear.forward(x.clone());
                 sync::<B>(&device);
                 y
             });
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// Quantized against f32 on one release: for each image, f32's greedy answer (`--tokens`
+/// ids), then with each scheme the log-probabilities over that answer teacher-forced (the
+/// prompt's last position and every answer token but the last): mean KL(f32 ‖ quantized),
+/// top-1 agreement, and whether the scheme's own greedy answer has the same ids.
+fn run_quality<B: Backend>(args: &[String]) -> ExitCode {
+    use vlm_pipeline::{FastVlm, GenerationOptions, Message, Request, Role};
+    let fail = |e: String| {
+        eprintln!("error: {e}");
+        ExitCode::FAILURE
+    };
+    let Some(dir) = flag(args, "--model-path").map(std::path::PathBuf::from) else {
+        return fail("quality needs --model-path DIR".into());
+    };
+    let Some(images) = flag(args, "--image") else {
+        return fail("quality needs --image A[,B…]".into());
+    };
+    let tokens: usize = flag(args, "--tokens")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(24);
+    let quants: Result<Vec<vlm_kernels::Quantization>, String> = flag(args, "--quants")
+        .unwrap_or_else(|| "q8,q4".into())
+        .split(',')
+        .map(str::parse)
+        .collect();
+    let quants = match quants {
+        Ok(q) => q,
+        Err(e) => return fail(e),
+    };
+    let device: B::Device = Default::default();
+    let requests: Result<Vec<(String, Request)>, String> = images
+        .split(',')
+        .map(|path| {
+            let image = vlm_pipeline::image::load(std::path::Path::new(path))
+                .map_err(|e| format!("{path}: {e}"))?;
+            let options = GenerationOptions {
+                temperature: 0.0,
+                max_new_tokens: tokens,
+                ..Default::default()
+            };
+            let request = Request {
+                image: Some(image),
+                system: None,
+                messages: vec![Message {
+                    role: Role::User,
+                    content: vlm_pipeline::prompt::DEFAULT_PROMPT.into(),
+                }],
+                options,
+            };
+            Ok((path.to_string(), request))
+        })
+        .collect();
+    let requests = match requests {
+        Ok(r) => r,
+        Err(e) => return fail(e),
+    };
+    let load = |q: Option<vlm_kernels::Quantization>| {
+        FastVlm::<B>::load_with(&dir, &device, q, &mut |_| {})
+            .map_err(|e| format!("cannot load `{}`: {e}", dir.display()))
+    };
+    let greedy = |model: &FastVlm<B>, request: &Request| {
+        model
+            .generate(request, &mut |_| std::ops::ControlFlow::Continue(()))
+            .map(|g| g.token_ids)
+            .map_err(|e| e.to_string())
+    };
+    // The f32 reference: answers and their log-probabilities, then the model is dropped.
+    let mut reference = Vec::new();
+    {
+        let model = match load(None) {
+            Ok(m) => m,
+            Err(e) => return fail(e),
+        };
+        for (_, request) in &requests {
+            let ids = match greedy(&model, request) {
+                Ok(ids) => ids,
+                Err(e) => return fail(e),
+            };
+            match model.continuation_logprobs(request, &ids) {
+                Ok(lp) => reference.push((ids, lp)),
+                Err(e) => return fail(e.to_string()),
+            }
+        }
+    }
+    for q in quants {
+        let t = Instant::now();
+        let model = match load(Some(q)) {
+            Ok(m) => m,
+            Err(e) => return fail(e),
+        };
+        let load_s = t.elapsed().as_secs_f64();
+        for ((path, request), (ids, want)) in requests.iter().zip(&reference) {
+            let got = match model.continuation_logprobs(request, ids) {
+                Ok(lp) => lp,
+                Err(e) => return fail(e.to_string()),
+            };
+            let own = match greedy(&model, request) {
+                Ok(ids) => ids,
+                Err(e) => return fail(e),
+            };
+            let argmax = |row: &[f32]| {
+                row.iter()
+                    .enumerate()
+                    .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
+                        if v > best.1 { (i, v) } else { best }
+                    })
+                    .0
+            };
+            let (mut kl, mut agree) = (0.0f64, 0usize);
+            for (p, q) in want.iter().zip(&got) {
+                kl += p
+                    .iter()
+                    .zip(q)
+                    .map(|(&lp, &lq)| (lp as f64).exp() * (lp as f64 - lq as f64))
+                    .sum::<f64>();
+                agree += usize::from(argmax(p) == argmax(q));
+            }
+            let n = want.len().max(1);
+            // How decided the f32 model was: the median gap between its two likeliest tokens.
+            let mut margins: Vec<f32> = want
+                .iter()
+                .map(|row| {
+                    let (mut a, mut b) = (f32::NEG_INFINITY, f32::NEG_INFINITY);
+                    for &v in row {
+                        if v > a {
+                            (a, b) = (v, a);
+                        } else if v > b {
+                            b = v;
+                        }
+                    }
+                    a - b
+                })
+                .collect();
+            margins.sort_by(f32::total_cmp);
+            let margin = margins.get(margins.len() / 2).copied().unwrap_or(0.0);
+            println!(
+                "{{\"bench\": \"quality\", \"quant\": \"{q}\", \"image\": \"{path}\", \"positions\": {}, \"mean_kl\": {:.6}, \"top1_agreement\": {:.4}, \"greedy_ids_equal\": {}, \"greedy_common_prefix\": {}, \"f32_top2_margin_median\": {margin:.3}, \"load_s\": {load_s:.1}}}",
+                want.len(),
+                kl / n as f64,
+                agree as f64 / n as f64,
+                own == *ids,
+                own.iter().zip(ids).take_while(|(a, b)| a == b).count(),
+            );
         }
     }
     ExitCode::SUCCESS

@@ -22,7 +22,7 @@ use burn::tensor::{DType, Tensor, backend::Backend};
 use rayon::prelude::*;
 
 use super::{Matrix, SharedMut, contiguous, flex, on_flex, output, product};
-use crate::quant::{QuantizedMatrix, Quantization, dequantize_rows};
+use crate::quant::{Quantization, QuantizedMatrix, dequantize_rows};
 use crate::{cast, is};
 
 /// Input rows up to which each weight row is read once per input row (a decoding step, a
@@ -46,9 +46,8 @@ pub fn quantized_matmul<B: Backend, const D: usize>(
     let scheme = w.scheme();
     let (rows, cols) = (w.rows(), w.cols());
     let dims = x.dims();
-    let f32s = x.dtype() == DType::F32
-        && w.scales.dtype() == DType::F32
-        && w.biases.dtype() == DType::F32;
+    let f32s =
+        x.dtype() == DType::F32 && w.scales.dtype() == DType::F32 && w.biases.dtype() == DType::F32;
     let words = w.packed.val();
     let packed_ok = words.dtype() == DType::U32 && words.dims() == [rows, cols / scheme.per_word()];
     if !on_flex::<B>()
@@ -112,10 +111,7 @@ fn matvec(w: &Weights<'_>, x: &[f32], m: usize, out: &mut [f32]) {
     let groups = cols / gs;
     let rows = w.scales.len() / groups;
     // Σ xⱼ per group and input row, for the biases; the inputs in the kernels' lane order.
-    let sums: Vec<f32> = x
-        .chunks_exact(gs)
-        .map(|g| g.iter().sum::<f32>())
-        .collect();
+    let sums: Vec<f32> = x.chunks_exact(gs).map(|g| g.iter().sum::<f32>()).collect();
     let (dot, order) = pick_dot(w.scheme);
     let lanes = arrange(order, x);
     let dst = SharedMut(out.as_mut_ptr());
@@ -244,8 +240,7 @@ type Dot = fn(&Row<'_>) -> f32;
 
 fn pick_dot(scheme: Quantization) -> (Dot, Order) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-    {
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         match (scheme.bits, scheme.group_size % 64) {
             // SAFETY: the CPU has AVX2 and FMA (checked above); groups of a multiple of 64.
             (4, 0) => return (|row| unsafe { avx2::dot_q4(row) }, Order::ByNibble),
@@ -327,7 +322,10 @@ mod avx2 {
                 let q = unsafe {
                     match scheme.bits {
                         4 => _mm256_and_si256(
-                            _mm256_srlv_epi32(_mm256_set1_epi32(*packed.get_unchecked(at / 8) as i32), shifts),
+                            _mm256_srlv_epi32(
+                                _mm256_set1_epi32(*packed.get_unchecked(at / 8) as i32),
+                                shifts,
+                            ),
                             nibble,
                         ),
                         _ => _mm256_cvtepu8_epi32(_mm_loadl_epi64(bytes.add(at) as *const __m128i)),
@@ -386,12 +384,17 @@ mod avx2 {
                 // SAFETY: words (g·gs + k)/8 .. + 8 and inputs g·gs + k .. + 64 lie in the row
                 // (k < gs, gs a multiple of 64).
                 unsafe {
-                    let v = _mm256_loadu_si256(row.words.as_ptr().add((g * gs + k) / 8) as *const __m256i);
+                    let v = _mm256_loadu_si256(
+                        row.words.as_ptr().add((g * gs + k) / 8) as *const __m256i
+                    );
                     let v = _mm256_xor_si256(v, flip);
                     let xs = row.x.as_ptr().add(g * gs + k);
                     macro_rules! nibble {
                         ($j:literal) => {
-                            _mm256_cvtepi32_ps(_mm256_srai_epi32(_mm256_slli_epi32(v, 28 - 4 * $j), 28))
+                            _mm256_cvtepi32_ps(_mm256_srai_epi32(
+                                _mm256_slli_epi32(v, 28 - 4 * $j),
+                                28,
+                            ))
                         };
                     }
                     acc[0] = _mm256_fmadd_ps(nibble!(0), _mm256_loadu_ps(xs), acc[0]);
@@ -472,7 +475,9 @@ mod tests {
         for (bits, group_size) in [(4, 32), (4, 64), (4, 128), (8, 32), (8, 64), (8, 128)] {
             let scheme = Quantization { bits, group_size };
             let cols = 4 * 128;
-            let w: Vec<f32> = (0..cols).map(|i| next() + if i % 200 < 64 { 0.7 } else { -0.2 }).collect();
+            let w: Vec<f32> = (0..cols)
+                .map(|i| next() + if i % 200 < 64 { 0.7 } else { -0.2 })
+                .collect();
             let x: Vec<f32> = (0..cols).map(|_| next()).collect();
             let q = quantize(&w, 1, cols, scheme, ScaleType::F32);
             let want: f64 = q
@@ -498,7 +503,12 @@ mod tests {
                     group_size,
                 };
                 let got = dot(&row) as f64;
-                let scale: f64 = q.dequantize().iter().zip(&x).map(|(&a, &b)| (a * b).abs() as f64).sum();
+                let scale: f64 = q
+                    .dequantize()
+                    .iter()
+                    .zip(&x)
+                    .map(|(&a, &b)| (a * b).abs() as f64)
+                    .sum();
                 assert!(
                     (got - want).abs() <= 1e-6 * scale,
                     "q{bits}g{group_size}: {got} vs {want}"

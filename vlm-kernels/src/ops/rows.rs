@@ -317,7 +317,8 @@ fn row<B: Backend>(
             RowProjection::Concat
         };
         // Quantized weights go through `Linear::forward`.
-        let weights: Vec<Tensor<B, 2>> = linears.iter().map(|l| l.dense()).collect::<Option<_>>()?;
+        let weights: Vec<Tensor<B, 2>> =
+            linears.iter().map(|l| l.dense()).collect::<Option<_>>()?;
         // Biases on all of them or none (a mix, or biases on SwiGLU, fail the fit).
         let biases: Vec<Tensor<B, 1>> = linears
             .iter()
