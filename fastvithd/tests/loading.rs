@@ -74,10 +74,18 @@ fn loads_exactly_the_listed_tensors() {
         &Default::default(),
     )
     .unwrap();
+    // Besides the listed tensors, a linear asks only whether its weight is stored quantized
+    // (`{name}.scales`, MLX's convention), which a float checkpoint answers with nothing.
+    let (mut found, probes): (Vec<String>, Vec<String>) =
+        asked.into_iter().partition(|n| tensors.contains_key(n));
+    assert!(
+        probes.iter().all(|n| n.ends_with(".scales")),
+        "asked for tensors the checkpoint does not list: {probes:?}"
+    );
     let mut listed: Vec<String> = tensors.keys().cloned().collect();
     listed.sort();
-    asked.sort();
-    assert_eq!(asked, listed);
+    found.sort();
+    assert_eq!(found, listed);
 }
 
 #[test]

@@ -13,6 +13,9 @@ pub struct Linear<B: Backend> {
 }
 
 /// A linear layer's weight, at the compute precision or quantized.
+// A model holds a few hundred of these, each a handful of tensor handles either way: boxing
+// the larger variant would only add an indirection to every product.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum LinearWeight<B: Backend> {
     /// `[in, out]`: PyTorch's `[out, in]` transposed once at load, so that the parameter is

@@ -517,11 +517,14 @@ impl<B: Backend> Params<B> for Loader<'_, B> {
         let word_cols = words.shape.get(1).copied().unwrap_or(0);
         // Bits and group size follow from the shapes: cols / words values per word, cols /
         // groups values per group (as MLX's `dequantize` checks them).
-        let scheme = (word_cols > 0 && groups > 0 && cols % word_cols == 0 && cols % groups == 0)
-            .then(|| Quantization {
-                bits: 32 / (cols / word_cols).max(1),
-                group_size: cols / groups,
-            });
+        let scheme = (word_cols > 0
+            && groups > 0
+            && cols.is_multiple_of(word_cols)
+            && cols.is_multiple_of(groups))
+        .then(|| Quantization {
+            bits: 32 / (cols / word_cols).max(1),
+            group_size: cols / groups,
+        });
         let Some(scheme) = scheme.filter(|s| s.check().is_ok() && s.per_word() * word_cols == cols)
         else {
             return Err(LoadError::Config(format!(

@@ -3,6 +3,7 @@
   python bench_report.py --ours target/release/fastvlm-bench [--device cpu|cuda]
                          [--ours-backend cpu|cuda|wgpu] [--dtypes f32,bf16] [--compile] [--res 256,...,1536]
                          [--iters 5] [--label cpu] [--out BENCHMARKS.md] [--raw raw.jsonl]
+                         [--quants q8,q4] [--llama-cpp RELEASE_DIR]
 
 `cargo xtask bench-report` builds `fastvlm-bench` and calls this; on the GPU machine (no Rust)
 the same command runs with the prebuilt CUDA binary. Each measurement runs in its own process
@@ -79,13 +80,66 @@ def render(results, args):
         if len(args.ours_dtypes) > 1:
             out += [f"**{d}**", ""]
         out += render_dtype(results, args, d)
+    if args.quants or args.llama_cpp:
+        out += render_quantized(results, args)
     return "\n".join(out) + "\n"
+
+
+# llama.cpp's type names beside ours: the same bits per weight (group 32 symmetric there, 64
+# affine here).
+LLAMA_TYPE = {"none": "f32", "bf16": "bf16", "q8": "q8_0", "q4": "q4_0"}
+
+
+def render_quantized(results, args):
+    """The 0.5B language model's weights at f32 and quantized: ours (greedy decode after a
+    280-position prompt, TTFT of the 1024² pipeline, peak RSS) beside llama.cpp on the same
+    Qwen2 weights at the same bits (llama-bench, depth 280)."""
+    def ours(bench, quant):
+        for r in results:
+            if r["bench"] == bench and r.get("impl") == "ours" and r.get("quant", "none") == quant \
+                    and r.get("dtype", "f32") == "f32":
+                return r
+        return None
+
+    def llama(kind, test):
+        for r in results:
+            if r.get("engine") == "llama.cpp" and r["type"] == kind and r["test"] == test:
+                return r
+        return None
+
+    out = ["**Quantized language model** (FastVLM-0.5B's Qwen2, CPU, f32 arithmetic; "
+           "llama.cpp: the same weights converted by its own script, `llama-bench -t 2 -p 280 -n 32 -d 280`)", ""]
+    head = ["weights", "ours decode tok/s", "llama.cpp decode tok/s", "ours / llama.cpp",
+            "ours decode ÷ ours f32", "ours TTFT 1024²", "ours prefill/280", "llama.cpp prefill 280 tok/s",
+            "ours peak RSS"]
+    out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    base = ours("pipeline/decode", "none")
+    for q in ["none", "bf16"] + [q for q in args.quants if q not in ("none", "bf16")]:
+        dec, ttft = ours("pipeline/decode", q), ours("pipeline/ttft_1024", q)
+        rss, pre = ours("pipeline/peak_rss", q), ours("decode/0.5b/prefill/280", q)
+        ld, lp = llama(LLAMA_TYPE.get(q, q), "decode"), llama(LLAMA_TYPE.get(q, q), "prefill")
+        if not (dec or ld):
+            continue
+        name = {"none": "f32"}.get(q, q) + f" / {LLAMA_TYPE.get(q, q).upper()}"
+        row = [name,
+               f"{dec['tok_per_s_median']:.1f}" if dec else "–",
+               f"{ld['tokens_per_s']:.1f}" if ld else "–",
+               ratio(dec["tok_per_s_median"], ld["tokens_per_s"]) if dec and ld else "–",
+               ratio(dec["tok_per_s_median"], base["tok_per_s_median"]) if dec and base else "–",
+               fmt_ms(ttft["ms_median"]) if ttft else "–",
+               fmt_ms(pre["ms_median"]) if pre else "–",
+               f"{lp['tokens_per_s']:.0f}" if lp else "–",
+               f"{rss['peak_rss_mib']} MiB" if rss else "–"]
+        out.append("| " + " | ".join(row) + " |")
+    out.append("")
+    return out
 
 
 def render_dtype(results, args, dtype):
     def find(bench, impl, d=dtype):
         for r in results:
-            if r["bench"] == bench and r["impl"] == impl and r.get("dtype", "f32") == d:
+            if (r["bench"] == bench and r["impl"] == impl and r.get("dtype", "f32") == d
+                    and r.get("quant", "none") == "none"):
                 return r
         return None
 
@@ -187,6 +241,9 @@ def main():
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--tokens", type=int, default=32)
     p.add_argument("--label", default=None)
+    p.add_argument("--quants", default="", help="also the 0.5B language model quantized (e.g. q8,q4)")
+    p.add_argument("--llama-cpp", default=None,
+                   help="a release directory: llama.cpp's anchor (llama_cpp_anchor.sh) on its language model")
     p.add_argument("--out", default=os.path.join(HERE, "..", "..", "BENCHMARKS.md"))
     p.add_argument("--raw", default=None)
     p.add_argument("--from-raw", default=None, help="render saved results instead of measuring")
@@ -196,6 +253,7 @@ def main():
     args.ours_backend = args.ours_backend or ("cuda" if args.device == "cuda" else "cpu")
     args.res = [int(r) for r in args.res.split(",")]
     args.label = args.label or args.device
+    args.quants = [q for q in args.quants.split(",") if q]
 
     results = []
     if args.from_raw:
@@ -216,6 +274,17 @@ def main():
             results += run_lines(py + [what] + torch_args)
             if args.compile:
                 results += run_lines(py + [what] + torch_args + ["--compile"])
+    for q in args.quants:
+        quant = ["--quant", q, "--backend", args.ours_backend, "--dtype", "f32"]
+        results += run_lines([args.ours, "pipeline"] + common + ["--tokens", str(args.tokens)] + quant)
+        results += run_lines([args.ours, "decode", "--shape", "0.5b"] + common + ["--tokens", str(args.tokens)] + quant)
+    if args.quants:
+        results += run_lines([args.ours, "decode", "--shape", "0.5b"] + common + ["--tokens", str(args.tokens),
+                             "--backend", args.ours_backend, "--dtype", "f32"])
+    if args.llama_cpp:
+        anchor = os.path.join(HERE, "..", "..", "..", "shared", "tools", "llama_cpp_anchor.sh")
+        env = dict(os.environ, PY=os.environ.get("PY", sys.executable), GEN=str(args.tokens))
+        results += run_lines(["bash", os.path.abspath(anchor), args.llama_cpp], env=env)
     if args.raw:
         with open(args.raw, "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in results)

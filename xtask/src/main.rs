@@ -24,9 +24,11 @@
 //!   fixtures, with a 1 s per-input timeout and a 2 GiB memory cap; prints executions, exec/s
 //!   and coverage per target, and fails if one finds a crash (kept under `fuzz/artifacts/`).
 //! - `bench-report [--backend cpu|cuda|wgpu] [--res 256,…] [--iters N] [--tokens N]
-//!   [--dtypes f32,bf16] [--compile] [--label NAME]`: builds `fastvlm-bench` (release,
-//!   the backend's feature), runs it and the PyTorch reference in the same run
-//!   (`xtask/python/bench_report.py`) and writes the tables into BENCHMARKS.md.
+//!   [--dtypes f32,bf16] [--compile] [--label NAME] [--quants q8,q4] [--llama-cpp RELEASE]`:
+//!   builds `fastvlm-bench` (release, the backend's feature), runs it and the PyTorch reference
+//!   in the same run (`xtask/python/bench_report.py`) and writes the tables into BENCHMARKS.md;
+//!   `--quants` adds the 0.5B language model with quantized weights, `--llama-cpp` llama.cpp on
+//!   the same weights at the same bits (`../shared/tools/llama_cpp_anchor.sh`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -152,7 +154,8 @@ fn bench_report(args: &[String]) -> Result<(), String> {
         match flag.as_str() {
             "--compile" => pass.push(flag.clone()),
             "--backend" => backend = it.next().ok_or("`--backend` needs a value")?.clone(),
-            "--res" | "--iters" | "--tokens" | "--dtypes" | "--label" => {
+            "--res" | "--iters" | "--tokens" | "--dtypes" | "--label" | "--quants"
+            | "--llama-cpp" => {
                 let value = it.next().ok_or_else(|| format!("`{flag}` needs a value"))?;
                 pass.extend([flag.clone(), value.clone()]);
             }

@@ -551,15 +551,20 @@ fn run_quality<B: Backend>(args: &[String]) -> ExitCode {
                     a - b
                 })
                 .collect();
+            // At the first position where the scheme's own greedy answer leaves f32's: f32's
+            // margin there (a near tie flips under any perturbation).
+            let split = own.iter().zip(ids).position(|(a, b)| a != b);
+            let split_margin = split.and_then(|k| margins.get(k).copied());
             margins.sort_by(f32::total_cmp);
             let margin = margins.get(margins.len() / 2).copied().unwrap_or(0.0);
             println!(
-                "{{\"bench\": \"quality\", \"quant\": \"{q}\", \"image\": \"{path}\", \"positions\": {}, \"mean_kl\": {:.6}, \"top1_agreement\": {:.4}, \"greedy_ids_equal\": {}, \"greedy_common_prefix\": {}, \"f32_top2_margin_median\": {margin:.3}, \"load_s\": {load_s:.1}}}",
+                "{{\"bench\": \"quality\", \"quant\": \"{q}\", \"image\": \"{path}\", \"positions\": {}, \"mean_kl\": {:.6}, \"top1_agreement\": {:.4}, \"greedy_ids_equal\": {}, \"greedy_common_prefix\": {}, \"f32_top2_margin_median\": {margin:.3}, \"f32_margin_at_split\": {}, \"load_s\": {load_s:.1}}}",
                 want.len(),
                 kl / n as f64,
                 agree as f64 / n as f64,
                 own == *ids,
                 own.iter().zip(ids).take_while(|(a, b)| a == b).count(),
+                split_margin.map_or("null".to_string(), |m| format!("{m:.4}")),
             );
         }
     }

@@ -10,10 +10,12 @@
 //! sums as small as the weights' own (uncentred levels are all positive, and their sum and the
 //! bias term cancel), which keeps that rounding at the reference's.
 //!
-//! The inner loops have an AVX2+FMA version chosen at run time and a portable one; tasks are
-//! blocks of output rows spread over rayon's threads. More than [`MATVEC_ROWS`] input rows (a
-//! prefill) go through blocked dequantization: each task dequantizes a tile of weight rows
-//! into a cache-sized scratch block and calls `gemm` on it for all input rows.
+//! The inner loops have AVX-512 and AVX2+FMA versions chosen at run time and a portable one
+//! (integer dot-product instructions such as VNNI would need the inputs rounded to integers,
+//! which f32 arithmetic excludes); tasks are blocks of output rows spread over rayon's
+//! threads. More than [`MATVEC_ROWS`] input rows (a prefill) go through blocked
+//! dequantization: each task dequantizes a tile of weight rows into a cache-sized scratch
+//! block and calls `gemm` on it for all input rows.
 
 use std::cell::RefCell;
 
@@ -112,7 +114,7 @@ fn matvec(w: &Weights<'_>, x: &[f32], m: usize, out: &mut [f32]) {
     let rows = w.scales.len() / groups;
     // Σ xⱼ per group and input row, for the biases; the inputs in the kernels' lane order.
     let sums: Vec<f32> = x.chunks_exact(gs).map(|g| g.iter().sum::<f32>()).collect();
-    let (dot, order) = pick_dot(w.scheme);
+    let (dot, order) = pick_dot(w.scheme, cols);
     let lanes = arrange(order, x);
     let dst = SharedMut(out.as_mut_ptr());
     let blocks = rows.div_ceil(ROW_BLOCK);
@@ -157,6 +159,8 @@ enum Order {
     /// In each run of 64 (eight words of eight 4-bit values) value `j` of every word together:
     /// `x'[8j + i] = x[8i + j]`, so that one shift of eight words lines up with eight inputs.
     ByNibble,
+    /// The same over runs of 128 (sixteen words): `x'[16j + i] = x[8i + j]`.
+    ByNibble128,
 }
 
 fn arrange(order: Order, x: &[f32]) -> Vec<f32> {
@@ -168,6 +172,17 @@ fn arrange(order: Order, x: &[f32]) -> Vec<f32> {
                 for i in 0..8 {
                     for j in 0..8 {
                         dst[8 * j + i] = src[8 * i + j];
+                    }
+                }
+            }
+            out
+        }
+        Order::ByNibble128 => {
+            let mut out = vec![0.0f32; x.len()];
+            for (src, dst) in x.chunks_exact(128).zip(out.chunks_exact_mut(128)) {
+                for i in 0..16 {
+                    for j in 0..8 {
+                        dst[16 * j + i] = src[8 * i + j];
                     }
                 }
             }
@@ -227,7 +242,7 @@ fn dequantize_tile(
     out: &mut [f32],
 ) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && scheme.group_size % 8 == 0 {
+    if std::arch::is_x86_feature_detected!("avx2") && scheme.group_size.is_multiple_of(8) {
         // SAFETY: the CPU has AVX2; whole groups of a multiple of 8 values.
         unsafe { avx2::dequantize(scheme, packed, scales, biases, out) };
         return;
@@ -238,21 +253,52 @@ fn dequantize_tile(
 /// `Σ_g scale_g · Σ_{j in g} q_j·x_j + bias_g · Σ_{j in g} x_j` over one packed row.
 type Dot = fn(&Row<'_>) -> f32;
 
-fn pick_dot(scheme: Quantization) -> (Dot, Order) {
+/// The kernel for `scheme` over rows of `cols` values: the widest this CPU runs.
+fn pick_dot(scheme: Quantization, cols: usize) -> (Dot, Order) {
+    dots(scheme, cols)[0]
+}
+
+/// Every kernel this CPU can run for `scheme` over rows of `cols` values, widest first; the
+/// portable one last.
+fn dots(scheme: Quantization, cols: usize) -> Vec<(Dot, Order)> {
+    let mut kernels: Vec<(Dot, Order)> = Vec::new();
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        match (scheme.bits, scheme.group_size % 64) {
-            // SAFETY: the CPU has AVX2 and FMA (checked above); groups of a multiple of 64.
-            (4, 0) => return (|row| unsafe { avx2::dot_q4(row) }, Order::ByNibble),
-            // SAFETY: as above; groups of a multiple of 32.
-            (8, _) => return (|row| unsafe { avx2::dot_q8(row) }, Order::Natural),
-            _ => {}
+    {
+        let avx512 = std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw");
+        let avx2 = std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma");
+        let gs = scheme.group_size;
+        match scheme.bits {
+            4 => {
+                if avx512 && gs.is_multiple_of(64) && cols.is_multiple_of(128) {
+                    // SAFETY: the CPU has AVX-512F/BW (checked above); groups of a multiple
+                    // of 64 in rows of a multiple of 128.
+                    kernels.push((|row| unsafe { avx512::dot_q4(row) }, Order::ByNibble128));
+                }
+                if avx2 && gs.is_multiple_of(64) {
+                    // SAFETY: the CPU has AVX2 and FMA; groups of a multiple of 64.
+                    kernels.push((|row| unsafe { avx2::dot_q4(row) }, Order::ByNibble));
+                }
+            }
+            _ => {
+                if avx512 && gs.is_multiple_of(64) {
+                    // SAFETY: the CPU has AVX-512F/BW; groups of a multiple of 64.
+                    kernels.push((|row| unsafe { avx512::dot_q8(row) }, Order::Natural));
+                }
+                if avx2 {
+                    // SAFETY: the CPU has AVX2 and FMA; groups of a multiple of 32.
+                    kernels.push((|row| unsafe { avx2::dot_q8(row) }, Order::Natural));
+                }
+            }
         }
     }
-    match scheme.bits {
+    let _ = cols;
+    kernels.push(match scheme.bits {
         4 => (portable::dot::<4>, Order::Natural),
         _ => (portable::dot::<8>, Order::Natural),
-    }
+    });
+    kernels
 }
 
 mod portable {
@@ -340,7 +386,7 @@ mod avx2 {
 
     /// `Σ_g bias_g · sums_g`, eight groups at a time.
     #[target_feature(enable = "avx2,fma")]
-    fn biased(row: &Row<'_>, centre: f32) -> f32 {
+    pub(super) fn biased(row: &Row<'_>, centre: f32) -> f32 {
         let (biases, scales, sums) = (row.biases, row.scales, row.sums);
         let c = _mm256_set1_ps(centre);
         let mut acc = _mm256_setzero_ps();
@@ -366,8 +412,9 @@ mod avx2 {
     /// 4-bit: eight words (64 values) in one register; value `j` of all eight is one shift
     /// pair away, against eight inputs in [`super::Order::ByNibble`] order. The words are
     /// XORed with 8 per nibble first, so that a nibble sign-extended is `q − 8`. Four
-    /// accumulators per group and two running totals, so that no chain of dependent additions
-    /// sets the pace.
+    /// accumulators per group, so that no chain of dependent additions sets the pace; the
+    /// running total is one register (an array of totals indexed by group lives on the stack:
+    /// a store-to-load round trip per group).
     ///
     /// # Safety
     /// The CPU has AVX2 and FMA; the row's slices hold whole groups of a multiple of 64.
@@ -376,7 +423,7 @@ mod avx2 {
         const CENTRE: f32 = 8.0;
         let gs = row.group_size;
         let flip = _mm256_set1_epi32(0x8888_8888_u32 as i32);
-        let mut totals = [_mm256_setzero_ps(); 2];
+        let mut total = _mm256_setzero_ps();
         for (g, &scale) in row.scales.iter().enumerate() {
             let mut acc = [_mm256_setzero_ps(); 4];
             let mut k = 0;
@@ -413,9 +460,9 @@ mod avx2 {
                 k += 64;
             }
             let group = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-            totals[g % 2] = _mm256_fmadd_ps(group, _mm256_set1_ps(scale), totals[g % 2]);
+            total = _mm256_fmadd_ps(group, _mm256_set1_ps(scale), total);
         }
-        sum(_mm256_add_ps(totals[0], totals[1])) + biased(row, CENTRE)
+        sum(total) + biased(row, CENTRE)
     }
 
     /// 8-bit: eight bytes widened to eight lanes at a time, 32 values per step.
@@ -427,7 +474,7 @@ mod avx2 {
         const CENTRE: f32 = 128.0;
         let gs = row.group_size;
         let bytes = row.words.as_ptr() as *const u8;
-        let mut totals = [_mm256_setzero_ps(); 2];
+        let mut total = _mm256_setzero_ps();
         for (g, &scale) in row.scales.iter().enumerate() {
             let mut acc = [_mm256_setzero_ps(); 4];
             let mut k = 0;
@@ -449,9 +496,105 @@ mod avx2 {
                 k += 32;
             }
             let group = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-            totals[g % 2] = _mm256_fmadd_ps(group, _mm256_set1_ps(scale), totals[g % 2]);
+            total = _mm256_fmadd_ps(group, _mm256_set1_ps(scale), total);
         }
-        sum(_mm256_add_ps(totals[0], totals[1])) + biased(row, CENTRE)
+        sum(total) + biased(row, CENTRE)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::Row;
+
+    /// 4-bit: sixteen words (128 values, two groups of 64) in one register, value `j` of all
+    /// sixteen one shift pair away against sixteen inputs in [`super::Order::ByNibble128`]
+    /// order; each half of the register is scaled by its own group's scale. As the AVX2
+    /// kernel otherwise (centred levels, the bias term apart).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; the row's groups are a multiple of 64 values and the row a
+    /// multiple of 128.
+    #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
+    pub unsafe fn dot_q4(row: &Row<'_>) -> f32 {
+        const CENTRE: f32 = 8.0;
+        let gs = row.group_size;
+        let flip = _mm512_set1_epi32(0x8888_8888_u32 as i32);
+        let mut total = _mm512_setzero_ps();
+        let mut k = 0;
+        while k < row.x.len() {
+            let (lo, hi) = (row.scales[k / gs], row.scales[(k + 64) / gs]);
+            let scale = _mm512_mask_blend_ps(0xff00, _mm512_set1_ps(lo), _mm512_set1_ps(hi));
+            // SAFETY: words k/8 .. + 16 and inputs k .. + 128 lie in the row (the row is a
+            // multiple of 128 values, k one of them).
+            let chunk = unsafe {
+                let v = _mm512_xor_si512(
+                    _mm512_loadu_si512(row.words.as_ptr().add(k / 8) as *const __m512i),
+                    flip,
+                );
+                let xs = row.x.as_ptr().add(k);
+                macro_rules! nibble {
+                    ($j:literal) => {
+                        _mm512_cvtepi32_ps(_mm512_srai_epi32(_mm512_slli_epi32(v, 28 - 4 * $j), 28))
+                    };
+                }
+                let a0 = _mm512_mul_ps(nibble!(0), _mm512_loadu_ps(xs));
+                let a1 = _mm512_mul_ps(nibble!(1), _mm512_loadu_ps(xs.add(16)));
+                let a2 = _mm512_mul_ps(nibble!(2), _mm512_loadu_ps(xs.add(32)));
+                let a3 = _mm512_mul_ps(nibble!(3), _mm512_loadu_ps(xs.add(48)));
+                let a0 = _mm512_fmadd_ps(nibble!(4), _mm512_loadu_ps(xs.add(64)), a0);
+                let a1 = _mm512_fmadd_ps(nibble!(5), _mm512_loadu_ps(xs.add(80)), a1);
+                let a2 = _mm512_fmadd_ps(nibble!(6), _mm512_loadu_ps(xs.add(96)), a2);
+                let a3 = _mm512_fmadd_ps(
+                    _mm512_cvtepi32_ps(_mm512_srai_epi32(v, 28)),
+                    _mm512_loadu_ps(xs.add(112)),
+                    a3,
+                );
+                _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3))
+            };
+            total = _mm512_fmadd_ps(chunk, scale, total);
+            k += 128;
+        }
+        _mm512_reduce_add_ps(total) + super::avx2::biased(row, CENTRE)
+    }
+
+    /// 8-bit: sixteen bytes widened to sixteen lanes at a time, 64 values per step.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F/BW; the row's groups are a multiple of 64 values.
+    #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
+    pub unsafe fn dot_q8(row: &Row<'_>) -> f32 {
+        const CENTRE: f32 = 128.0;
+        let gs = row.group_size;
+        let bytes = row.words.as_ptr() as *const u8;
+        // q − 128 = (q XOR 0x80) read as a signed byte.
+        let flip = _mm_set1_epi8(-128);
+        let mut total = _mm512_setzero_ps();
+        for (g, &scale) in row.scales.iter().enumerate() {
+            let mut acc = [_mm512_setzero_ps(); 4];
+            let mut k = 0;
+            while k < gs {
+                // SAFETY: bytes and inputs g·gs + k .. + 64 lie in the row (gs a multiple of
+                // 64).
+                unsafe {
+                    let b = bytes.add(g * gs + k);
+                    let xs = row.x.as_ptr().add(g * gs + k);
+                    for (lane, a) in acc.iter_mut().enumerate() {
+                        let q = _mm_xor_si128(
+                            _mm_loadu_si128(b.add(16 * lane) as *const __m128i),
+                            flip,
+                        );
+                        let q = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q));
+                        *a = _mm512_fmadd_ps(q, _mm512_loadu_ps(xs.add(16 * lane)), *a);
+                    }
+                }
+                k += 64;
+            }
+            let group = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+            total = _mm512_fmadd_ps(group, _mm512_set1_ps(scale), total);
+        }
+        _mm512_reduce_add_ps(total) + super::avx2::biased(row, CENTRE)
     }
 }
 
@@ -487,12 +630,7 @@ mod tests {
                 .map(|(&a, &b)| a as f64 * b as f64)
                 .sum();
             let sums: Vec<f32> = x.chunks_exact(group_size).map(|g| g.iter().sum()).collect();
-            let mut kernels: Vec<(Dot, Order)> = vec![match bits {
-                4 => (portable::dot::<4>, Order::Natural),
-                _ => (portable::dot::<8>, Order::Natural),
-            }];
-            kernels.push(pick_dot(scheme));
-            for (dot, order) in kernels {
+            for (dot, order) in dots(scheme, cols) {
                 let lanes = arrange(order, &x);
                 let row = Row {
                     words: &q.packed,

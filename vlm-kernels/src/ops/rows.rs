@@ -217,6 +217,8 @@ pub fn norm_swiglu<B: Backend>(
 }
 
 /// One block of an output projection over the hidden size.
+// A few short-lived tensor handles per step: the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Projection<B: Backend> {
     /// `[hidden, cols]`, any strides (a tied head's embedding block transposed).
