@@ -196,6 +196,18 @@ pub trait Params<B: Backend> {
         Ok((self.host(name, shape)?, ScaleType::F32))
     }
 
+    /// `{name}.weight` `[rows, cols]` as stored, quantized by `scheme` now.
+    fn quantize_now(
+        &mut self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+        scheme: Quantization,
+    ) -> Result<HostQuantized, LoadError> {
+        let (values, stored) = self.host_typed(&format!("{name}.weight"), &[rows, cols])?;
+        Ok(quantize(&values, rows, cols, scheme, stored))
+    }
+
     /// The matrix `{name}.weight` `[rows, cols]` quantized: as stored, or quantized now by
     /// [`Params::quantization`] when its rows split into whole groups; `None` otherwise.
     fn quantized(
@@ -209,8 +221,7 @@ pub trait Params<B: Backend> {
         }
         match self.quantization() {
             Some(scheme) if scheme.fits(cols) => {
-                let (values, stored) = self.host_typed(&format!("{name}.weight"), &[rows, cols])?;
-                Ok(Some(quantize(&values, rows, cols, scheme, stored)))
+                Ok(Some(self.quantize_now(name, rows, cols, scheme)?))
             }
             _ => Ok(None),
         }
@@ -488,6 +499,53 @@ impl<B: Backend> Params<B> for Loader<'_, B> {
 
     fn quantization(&self) -> Option<Quantization> {
         self.quantization
+    }
+
+    /// Block by block of rows, so that a vocabulary table (7B: 545 M values) is never whole in
+    /// f32 beside its stored copy; each row's groups are quantized alone, so the blocks join
+    /// into the whole matrix's quantization.
+    fn quantize_now(
+        &mut self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+        scheme: Quantization,
+    ) -> Result<HostQuantized, LoadError> {
+        let (full, data) = self.fetch(&format!("{name}.weight"), &[rows, cols])?;
+        let stored = ScaleType::of(data.dtype);
+        let width = data.dtype.size();
+        if !matches!(
+            data.dtype,
+            DType::F32 | DType::F16 | DType::BF16 | DType::F64
+        ) || data.as_bytes().len() != rows * cols * width
+        {
+            return Err(LoadError::DType {
+                name: full,
+                found: format!("{:?}", data.dtype),
+            });
+        }
+        let (words, groups) = (cols / scheme.per_word(), cols / scheme.group_size);
+        let mut whole = HostQuantized {
+            scheme,
+            rows,
+            cols,
+            packed: Vec::with_capacity(rows * words),
+            scales: Vec::with_capacity(rows * groups),
+            biases: Vec::with_capacity(rows * groups),
+        };
+        // About 16 MiB of f32 at a time.
+        let block = ((4 << 20) / cols.max(1)).max(1);
+        for start in (0..rows).step_by(block) {
+            let end = (start + block).min(rows);
+            let bytes = &data.as_bytes()[start * cols * width..end * cols * width];
+            let part = TensorData::from_bytes_vec(bytes.to_vec(), [end - start, cols], data.dtype);
+            let values = Self::floats(full.clone(), part)?;
+            let q = quantize(&values, end - start, cols, scheme, stored);
+            whole.packed.extend_from_slice(&q.packed);
+            whole.scales.extend_from_slice(&q.scales);
+            whole.biases.extend_from_slice(&q.biases);
+        }
+        Ok(whole)
     }
 
     fn stored_quantized(

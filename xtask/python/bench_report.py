@@ -96,7 +96,7 @@ def render_quantized(results, args):
     Qwen2 weights at the same bits (llama-bench, depth 280)."""
     def ours(bench, quant):
         for r in results:
-            if r["bench"] == bench and r.get("impl") == "ours" and r.get("quant", "none") == quant \
+            if r.get("bench") == bench and r.get("impl") == "ours" and r.get("quant", "none") == quant \
                     and r.get("dtype", "f32") == "f32":
                 return r
         return None
@@ -138,7 +138,7 @@ def render_quantized(results, args):
 def render_dtype(results, args, dtype):
     def find(bench, impl, d=dtype):
         for r in results:
-            if (r["bench"] == bench and r["impl"] == impl and r.get("dtype", "f32") == d
+            if (r.get("bench") == bench and r.get("impl") == impl and r.get("dtype", "f32") == d
                     and r.get("quant", "none") == "none"):
                 return r
         return None
@@ -155,8 +155,8 @@ def render_dtype(results, args, dtype):
     for res in args.res:
         name = f"encoder/{res}"
         ours = find(name, "ours")
-        ref = next((r for r in results if r["bench"] == name and "flops" in r and r.get("dtype") == dtype),
-                   next((r for r in results if r["bench"] == name and "flops" in r), None))
+        ref = next((r for r in results if r.get("bench") == name and "flops" in r and r.get("dtype") == dtype),
+                   next((r for r in results if r.get("bench") == name and "flops" in r), None))
         if not ours:
             continue
         flops = ref["flops"] if ref else None
