@@ -126,6 +126,20 @@ impl<B: Backend> Qwen2<B> {
             )?),
         };
 
+        // The vocabulary tables before the layers: each passes through memory whole as it is
+        // read (7B: 1.1 GB in bf16), which then adds to little else.
+        let lm_head = match config.tie_word_embeddings {
+            true => None,
+            // `[vocab, hidden]` as stored; each block transposed on the host to a contiguous
+            // `[hidden, cols]` (a transposed view would be laid out again by every product).
+            false => Some(
+                match params.table_quantizable("lm_head", [vocab, h], rows)? {
+                    Some(blocks) => LmHead::quantized(blocks),
+                    None => LmHead::new(params.table("lm_head.weight", [vocab, h], rows, true)?),
+                },
+            ),
+        };
+
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for l in 0..config.num_hidden_layers {
             let p = format!("model.layers.{l}");
@@ -154,17 +168,6 @@ impl<B: Backend> Qwen2<B> {
             });
         }
         let norm = rms_norm(params, "model.norm", h, eps)?;
-        let lm_head = match config.tie_word_embeddings {
-            true => None,
-            // `[vocab, hidden]` as stored; each block transposed on the host to a contiguous
-            // `[hidden, cols]` (a transposed view would be laid out again by every product).
-            false => Some(
-                match params.table_quantizable("lm_head", [vocab, h], rows)? {
-                    Some(blocks) => LmHead::quantized(blocks),
-                    None => LmHead::new(params.table("lm_head.weight", [vocab, h], rows, true)?),
-                },
-            ),
-        };
         Ok(Self {
             embed_tokens,
             layers,
