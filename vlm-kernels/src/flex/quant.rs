@@ -166,29 +166,26 @@ enum Order {
 fn arrange(order: Order, x: &[f32]) -> Vec<f32> {
     match order {
         Order::Natural => x.to_vec(),
-        Order::ByNibble => {
-            let mut out = vec![0.0f32; x.len()];
-            for (src, dst) in x.chunks_exact(64).zip(out.chunks_exact_mut(64)) {
-                for i in 0..8 {
-                    for j in 0..8 {
-                        dst[8 * j + i] = src[8 * i + j];
-                    }
-                }
+        Order::ByNibble => by_nibble(x, 8),
+        Order::ByNibble128 => by_nibble(x, 16),
+    }
+}
+
+/// In each run of `words` words of eight 4-bit values, value `j` of every word together:
+/// `x'[words·j + i] = x[8i + j]`.
+fn by_nibble(x: &[f32], words: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; x.len()];
+    for (src, dst) in x
+        .chunks_exact(8 * words)
+        .zip(out.chunks_exact_mut(8 * words))
+    {
+        for i in 0..words {
+            for j in 0..8 {
+                dst[words * j + i] = src[8 * i + j];
             }
-            out
-        }
-        Order::ByNibble128 => {
-            let mut out = vec![0.0f32; x.len()];
-            for (src, dst) in x.chunks_exact(128).zip(out.chunks_exact_mut(128)) {
-                for i in 0..16 {
-                    for j in 0..8 {
-                        dst[16 * j + i] = src[8 * i + j];
-                    }
-                }
-            }
-            out
         }
     }
+    out
 }
 
 /// The same product through tiles of dequantized rows and `gemm`.
