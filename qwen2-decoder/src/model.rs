@@ -1,8 +1,8 @@
 use burn::module::{Module, Param};
 use burn::tensor::{Int, Tensor, backend::Backend};
-use vlm_kernels::Quantization;
 use vlm_kernels::loader::{LoadError, Loader, NameMap, Params, Source};
 use vlm_kernels::ops::{self, Projection};
+use vlm_kernels::{Activations, Quantization};
 
 use crate::Qwen2Config;
 use crate::attention::Qwen2Attention;
@@ -179,6 +179,39 @@ impl<B: Backend> Qwen2<B> {
             },
             max_position_embeddings: config.max_position_embeddings,
         })
+    }
+
+    /// Sets how every quantized matrix (linear layers, vocabulary tables) meets the
+    /// activations at a decoding step; the number of quantized matrices (none: the weights
+    /// are at the compute precision and the setting has nothing to act on).
+    pub fn set_activations(&mut self, activations: Activations) -> usize {
+        let mut quantized = 0;
+        for layer in &mut self.layers {
+            let attn = &mut layer.self_attn;
+            let mlp = &mut layer.mlp;
+            for linear in [
+                &mut attn.q_proj,
+                &mut attn.k_proj,
+                &mut attn.v_proj,
+                &mut attn.o_proj,
+                &mut mlp.gate_proj,
+                &mut mlp.up_proj,
+                &mut mlp.down_proj,
+            ] {
+                quantized += usize::from(linear.set_activations(activations));
+            }
+        }
+        let head = self.lm_head.as_mut().map(|h| &mut h.quantized);
+        for table in [Some(&mut self.embed_tokens.quantized), head]
+            .into_iter()
+            .flatten()
+        {
+            for block in table.iter_mut() {
+                block.activations = activations;
+                quantized += 1;
+            }
+        }
+        quantized
     }
 
     /// A cache for `batch` sequences of up to `capacity` positions (what the request needs:

@@ -10,7 +10,9 @@ use clap::{Args, Parser, Subcommand};
 use vlm_pipeline::backend::{self, Precision};
 use vlm_pipeline::output::{PredictionJson, write_atomically};
 use vlm_pipeline::prompt::DEFAULT_PROMPT;
-use vlm_pipeline::{FastVlm, GenerationOptions, Message, Quantization, Request, Role, image, zoo};
+use vlm_pipeline::{
+    Activations, FastVlm, GenerationOptions, Message, Quantization, Request, Role, image, zoo,
+};
 use vlm_server::{Limits, ServeOptions};
 
 /// `predict`'s sampling defaults are the pipeline's.
@@ -79,6 +81,10 @@ struct ServeArgs {
     /// Quantize the language model's weights at load: q8 or q4 (as for predict).
     #[arg(long, value_name = "q8|q4")]
     quant: Option<Quantization>,
+    /// How quantized weights meet the activations while decoding on the CPU: f32 or int8 (as
+    /// for predict).
+    #[arg(long, value_name = "f32|int8", default_value_t = Activations::F32)]
+    activations: Activations,
     /// Requests that may wait behind the running one; more get 429 (0: a request is taken
     /// only while the model is idle).
     #[arg(long, default_value_t = ServeOptions::DEFAULT_QUEUE)]
@@ -156,6 +162,11 @@ struct ModelArgs {
     /// of 64). A release stored quantized loads as stored without it.
     #[arg(long, value_name = "q8|q4")]
     quant: Option<Quantization>,
+    /// How quantized weights meet the activations while decoding on the CPU: f32 (exact, the
+    /// default) or int8 (rounded per block of 32 as llama.cpp does: faster, slightly less
+    /// exact; BENCHMARKS.md measures both).
+    #[arg(long, value_name = "f32|int8", default_value_t = Activations::F32)]
+    activations: Activations,
 }
 
 #[derive(Args)]
@@ -321,6 +332,7 @@ fn serve<B: Backend>(
     options.limits.max_image_side = args.max_image_side;
     options.allowed_origins = args.allowed_origins.clone();
     options.quantization = args.quant;
+    options.activations = args.activations;
     options.api_key = args
         .api_key
         .clone()
@@ -372,7 +384,14 @@ impl ModelArgs {
 }
 
 fn load<B: Backend>(args: &ModelArgs, device: &B::Device) -> Result<FastVlm<B>, String> {
-    load_from::<B>(&args.directory()?, device, args.quant)
+    let mut model = load_from::<B>(&args.directory()?, device, args.quant)?;
+    if model.set_activations(args.activations) == 0 && args.activations != Activations::F32 {
+        eprintln!(
+            "note: --activations {} has nothing to act on: the language model's weights are not quantized (add --quant q8|q4)",
+            args.activations
+        );
+    }
+    Ok(model)
 }
 
 fn load_from<B: Backend>(

@@ -479,6 +479,35 @@ fn quantize_writes_a_release_equal_to_quantizing_at_load() {
     let stored = ids(&["--model-path", s(&out)]);
     assert_eq!(stored, ids(&["--model-path", s(&model()), "--quant", "q4"]));
     assert_ne!(stored, ids(&["--model-path", s(&model())]));
+    // Decoding steps with the activations rounded to int8 (the kernels' own tests bound the
+    // difference from the exact product).
+    let rounded = ids(&["--model-path", s(&out), "--activations", "int8"]);
+    let n = rounded.as_array().map_or(0, Vec::len);
+    assert!((1..=12).contains(&n), "{rounded}");
+    let float = cli(&[
+        "predict",
+        "--model-path",
+        s(&model()),
+        "--image-file",
+        s(&img),
+        "--max-new-tokens",
+        "1",
+        "--activations",
+        "int8",
+    ]);
+    assert!(float.status.success());
+    assert!(String::from_utf8_lossy(&float.stderr).contains("not quantized"));
+    let unknown = cli(&[
+        "predict",
+        "--model-path",
+        s(&out),
+        "--image-file",
+        s(&img),
+        "--activations",
+        "int9",
+    ]);
+    let stderr = String::from_utf8_lossy(&unknown.stderr);
+    assert!(!unknown.status.success() && stderr.contains("int9") && !stderr.contains("panicked"));
     let tensors = vlm_pipeline::Weights::open(&out).unwrap();
     assert_eq!(
         tensors

@@ -30,7 +30,7 @@ pub mod testing;
 
 pub use geometry::Depthwise;
 pub use linear::{Linear, LinearWeight};
-pub use quant::{Quantization, QuantizedMatrix};
+pub use quant::{Activations, Quantization, QuantizedMatrix};
 
 use std::any::{Any, TypeId};
 

@@ -1,7 +1,7 @@
 use burn::module::{Module, Param};
 use burn::tensor::{Tensor, backend::Backend};
 
-use crate::quant::QuantizedMatrix;
+use crate::quant::{Activations, QuantizedMatrix};
 
 /// A linear layer, `y = x·W + b`, as the models hold it: the ops layer's fused rows
 /// ([`crate::ops::linear_residual`], [`crate::ops::qkv_rotary_append`], …) read it as a whole.
@@ -56,6 +56,18 @@ impl<B: Backend> Linear<B> {
         match &self.weight {
             LinearWeight::Dense(_) => None,
             LinearWeight::Quantized(q) => Some(q),
+        }
+    }
+
+    /// Sets how a quantized weight meets the activations at a decoding step; whether the
+    /// weight is quantized (a weight at the compute precision has no such choice).
+    pub fn set_activations(&mut self, activations: Activations) -> bool {
+        match &mut self.weight {
+            LinearWeight::Dense(_) => false,
+            LinearWeight::Quantized(q) => {
+                q.activations = activations;
+                true
+            }
         }
     }
 

@@ -105,6 +105,45 @@ impl std::fmt::Display for Quantization {
     }
 }
 
+/// What a quantized product multiplies the weights with at a decoding step (up to
+/// [`crate::flex::MATVEC_ROWS`] input rows on the CPU; prefills and the GPU backends always
+/// take the f32 activations).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub enum Activations {
+    /// The activations as they are, in f32 arithmetic: the product is
+    /// dequantize-then-f32-product's up to rounding.
+    #[default]
+    F32,
+    /// The activations rounded to int8 per block of 32 values (one f32 scale each, as
+    /// llama.cpp's quantized types round theirs) and multiplied by the weights' integers in
+    /// integer dot products (AVX-512 VNNI, AVX2): fewer instructions per weight, at the price of
+    /// that rounding (its own row in BENCHMARKS.md's quality table).
+    Int8,
+}
+
+impl std::str::FromStr for Activations {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "f32" => Ok(Self::F32),
+            "int8" | "i8" => Ok(Self::Int8),
+            _ => Err(format!(
+                "unknown activations `{text}`: use f32 (exact) or int8 (rounded per block of 32)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Activations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::F32 => "f32",
+            Self::Int8 => "int8",
+        })
+    }
+}
+
 /// A quantized matrix on the host: what [`quantize`] makes and a file stores.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HostQuantized {
@@ -286,6 +325,8 @@ pub struct QuantizedMatrix<B: Backend> {
     pub biases: Param<Tensor<B, 2>>,
     pub bits: usize,
     pub group_size: usize,
+    /// How a decoding step's product meets the activations (not stored: a run-time choice).
+    pub activations: Activations,
 }
 
 impl<B: Backend> QuantizedMatrix<B> {
@@ -305,7 +346,14 @@ impl<B: Backend> QuantizedMatrix<B> {
             biases: Param::from_tensor(floats(&q.biases)),
             bits: q.scheme.bits,
             group_size: q.scheme.group_size,
+            activations: Activations::F32,
         }
+    }
+
+    /// The same matrix multiplied with `activations` at a decoding step.
+    pub fn with_activations(mut self, activations: Activations) -> Self {
+        self.activations = activations;
+        self
     }
 
     /// The scheme.

@@ -8,7 +8,7 @@ use vlm_kernels::loader::{LoadError, Loader, NameMap, Params};
 use vlm_kernels::ops::quantized_matmul;
 use vlm_kernels::quant::{ScaleType, quantize};
 use vlm_kernels::testing::{Fixture, fixtures, rel_l2};
-use vlm_kernels::{Quantization, QuantizedMatrix};
+use vlm_kernels::{Activations, Quantization, QuantizedMatrix};
 
 fn mlx() -> Fixture {
     Fixture::open(&fixtures().join("quant/mlx.safetensors"))
@@ -163,6 +163,53 @@ fn flex_products_equal_dequantize_then_matmul() {
     }
 }
 
+/// With the activations rounded to int8 ([`Activations::Int8`]), a decoding step's product
+/// (up to four rows) stays within the rounding of `x` of the exact one (a few tenths of a
+/// percent), differs from it, and moves with the input; more rows take the exact path.
+#[test]
+fn flex_int8_activations_stay_near_the_exact_product() {
+    let device = Default::default();
+    for (bits, group) in [(4, 64), (8, 64), (4, 32), (8, 128), (4, 128), (8, 32)] {
+        let scheme = Quantization {
+            bits,
+            group_size: group,
+        };
+        // 96 columns: no SIMD kernel's step divides it at 4 bits (the portable loop runs).
+        for (rows, cols) in [(200, 896), (37, 128), (61, 4864), (37, 96)] {
+            if !scheme.fits(cols) {
+                continue;
+            }
+            let w = random([rows, cols], 0.05)
+                .into_data()
+                .into_vec::<f32>()
+                .unwrap();
+            let host = quantize(&w, rows, cols, scheme, ScaleType::F32);
+            let exact = QuantizedMatrix::<Flex>::upload(&host, &device);
+            let rounded =
+                QuantizedMatrix::<Flex>::upload(&host, &device).with_activations(Activations::Int8);
+            for m in [1, 3, 5] {
+                let x = random([m, cols], 1.0);
+                let want = quantized_matmul(x.clone(), &exact);
+                let got = quantized_matmul(x.clone(), &rounded);
+                let err = rel_l2(got.clone(), want.clone());
+                if m <= 4 {
+                    assert!(
+                        err < 0.01 && err > 0.0,
+                        "q{bits}g{group} {rows}×{cols}, {m} rows: {err} from the exact product"
+                    );
+                    let moved = rel_l2(
+                        quantized_matmul(x.clone() * 0.5 + 0.3, &rounded),
+                        got.clone(),
+                    );
+                    assert!(moved > 0.1, "the input does not move the output ({moved})");
+                } else {
+                    assert!(err < 1e-7, "a prefill takes the exact path: {err}");
+                }
+            }
+        }
+    }
+}
+
 /// MLX's layout (`.weight` uint32, `.scales`, `.biases`) loads as a quantized linear layer
 /// through a name map, with the bits and group size read from the shapes; quantizing at load
 /// gives the same layer; broken layouts are refused naming the tensor.
@@ -270,5 +317,12 @@ fn schemes_parse() {
     assert_eq!(Quantization::Q4.to_string(), "q4");
     for bad in ["q3", "int4", "q4g48", "", "q"] {
         assert!(bad.parse::<Quantization>().is_err(), "{bad}");
+    }
+    assert_eq!("int8".parse::<Activations>().unwrap(), Activations::Int8);
+    assert_eq!("f32".parse::<Activations>().unwrap(), Activations::F32);
+    assert_eq!(Activations::Int8.to_string(), "int8");
+    for bad in ["int4", "", "F32x"] {
+        let e = bad.parse::<Activations>().unwrap_err();
+        assert!(e.contains("unknown activations"), "{bad}: {e}");
     }
 }

@@ -16,8 +16,8 @@ use crate::image::{ImageError, Rgb8, preprocess};
 use crate::prompt::{IMAGE_TOKEN_INDEX, Message, prompt_ids};
 use crate::tokenizer::{Tokenizer, TokenizerError};
 use crate::weights::{Weights, WeightsError};
-use vlm_kernels::Quantization;
 use vlm_kernels::loader::NameMap;
+use vlm_kernels::{Activations, Quantization};
 
 /// Anything that stops a request or a model load, with what it concerns.
 #[derive(Debug, thiserror::Error)]
@@ -227,6 +227,13 @@ impl<B: Backend> FastVlm<B> {
         })
     }
 
+    /// Sets how the language model's quantized matrices meet the activations at a decoding
+    /// step ([`Activations`]); the number of quantized matrices it applies to (none for weights
+    /// at the compute precision).
+    pub fn set_activations(&mut self, activations: Activations) -> usize {
+        self.decoder.set_activations(activations)
+    }
+
     /// The reference's pixels for `image`: `[1, 3, size, size]`.
     pub fn pixels(&self, image: &Rgb8) -> Tensor<B, 4> {
         let s = self.config.image_size;
@@ -334,9 +341,10 @@ impl<B: Backend> FastVlm<B> {
     }
 
     /// Teacher forcing: the log-probabilities `[continuation.len(), vocab]` the model gives each
-    /// token of `continuation` after the request's prompt and the tokens before it (one
-    /// forward over prompt and continuation). For comparing models on the same text (a
-    /// quantized one against its f32 original); the vocabulary is the usable one.
+    /// token of `continuation` after the request's prompt and the tokens before it, computed as
+    /// generation computes them (the prompt in one forward, then one decoding step per token,
+    /// so that a step's own kernels are the ones measured). For comparing models on the same
+    /// text (a quantized one against its f32 original); the vocabulary is the usable one.
     pub fn continuation_logprobs(
         &self,
         request: &Request,
@@ -348,41 +356,29 @@ impl<B: Backend> FastVlm<B> {
         if n == 0 {
             return Ok(Vec::new());
         }
-        let ids: Vec<i64> = continuation[..n - 1].iter().map(|&t| t as i64).collect();
-        let embeds = match ids.is_empty() {
-            true => prompt,
-            false => {
-                let text = self.decoder.embed(Tensor::<B, 2, Int>::from_data(
-                    TensorData::new(ids, [1, n - 1]),
-                    &self.device,
-                ));
-                Tensor::cat(vec![prompt, text], 1)
-            }
-        };
-        let mut cache = self.decoder.new_cache(1, total + n, &self.device)?;
-        let hidden = self.decoder.hidden(embeds, &mut cache)?;
-        let logits = self.decoder.logits(hidden.narrow(1, total - 1, n));
         let vocab = self.vocab_len();
-        let values = logits
-            .narrow(2, 0, vocab)
-            .into_data()
-            .convert::<f32>()
-            .into_vec::<f32>()
-            .map_err(|e| PipelineError::Options(format!("logits: {e:?}")))?;
-        Ok(values
-            .chunks_exact(vocab)
-            .map(|row| {
-                let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-                let log_sum = row
-                    .iter()
-                    .map(|&v| ((v - max) as f64).exp())
-                    .sum::<f64>()
-                    .ln();
-                row.iter()
-                    .map(|&v| ((v - max) as f64 - log_sum) as f32)
-                    .collect()
-            })
-            .collect())
+        let mut cache = self.decoder.new_cache(1, total + n, &self.device)?;
+        let mut rows = Vec::with_capacity(n);
+        let mut logits = self.decoder.forward_last(prompt, &mut cache)?;
+        // Each step's logits, then the step on the token teacher forcing feeds (none after
+        // the last).
+        for (step, &id) in continuation.iter().enumerate() {
+            let values = logits
+                .narrow(1, 0, vocab)
+                .into_data()
+                .convert::<f32>()
+                .into_vec::<f32>()
+                .map_err(|e| PipelineError::Options(format!("logits: {e:?}")))?;
+            rows.push(log_softmax(&values));
+            if step + 1 == n {
+                break;
+            }
+            let embed = self.decoder.embed_token(id as usize).ok_or_else(|| {
+                PipelineError::Options(format!("token id {id} is past the vocabulary"))
+            })?;
+            logits = self.decoder.forward_last(embed, &mut cache)?;
+        }
+        Ok(rows)
     }
 
     /// Runs a request, calling `on_token` for every generated token as it comes; `on_token`
@@ -565,4 +561,17 @@ pub fn prefill<B: Backend>(
 
 fn ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1e3
+}
+
+/// `log softmax(row)`, the sum in f64.
+fn log_softmax(row: &[f32]) -> Vec<f32> {
+    let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let log_sum = row
+        .iter()
+        .map(|&v| ((v - max) as f64).exp())
+        .sum::<f64>()
+        .ln();
+    row.iter()
+        .map(|&v| ((v - max) as f64 - log_sum) as f32)
+        .collect()
 }

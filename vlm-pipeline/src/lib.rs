@@ -25,5 +25,5 @@ pub use fastvlm::{EncodedImage, FastVlm, Generation, PipelineError, Request, Tok
 pub use generate::{FinishReason, GenerationOptions, Metrics, TokenLogprobs};
 pub use prompt::{Message, Role};
 pub use tokenizer::Tokenizer;
-pub use vlm_kernels::Quantization;
+pub use vlm_kernels::{Activations, Quantization};
 pub use weights::{Weights, WeightsError};

@@ -80,6 +80,8 @@ pub struct ServeOptions {
     pub api_key: Option<String>,
     /// The language model's weights quantized at load (every model the server loads).
     pub quantization: Option<vlm_pipeline::Quantization>,
+    /// How quantized weights meet the activations while decoding (CPU).
+    pub activations: vlm_pipeline::Activations,
 }
 
 /// Bounds on what a client may ask.
@@ -155,6 +157,7 @@ impl ServeOptions {
             allowed_origins: Vec::new(),
             api_key: None,
             quantization: None,
+            activations: vlm_pipeline::Activations::F32,
         }
     }
 }
@@ -241,7 +244,7 @@ impl Server {
             options.queue_capacity,
             options.backend.clone(),
             options.warm_up,
-            options.quantization,
+            (options.quantization, options.activations),
         );
         let checkpoints = Checkpoints::new(options.models_root.clone(), options.model_path.clone());
         if let Some(path) = &options.model_path {

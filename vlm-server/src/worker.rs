@@ -162,13 +162,17 @@ impl Worker {
     /// Starts the model thread on `device`; `capacity` requests may wait behind the running one
     /// (0: none waits, a request is admitted only when the model is idle).
     /// `warm_up` runs a one-token request after each load, so that kernel compilation and
-    /// autotuning (GPU backends) are not paid by the first user.
+    /// autotuning (GPU backends) are not paid by the first user. `weights`: the language
+    /// model quantized at load, and how quantized weights meet the activations.
     pub fn spawn<B: Backend>(
         device: B::Device,
         capacity: usize,
         backend: String,
         warm_up: bool,
-        quantization: Option<vlm_pipeline::Quantization>,
+        weights: (
+            Option<vlm_pipeline::Quantization>,
+            vlm_pipeline::Activations,
+        ),
     ) -> Self {
         // Unbounded: slots bound what is in it.
         let (jobs, rx) = channel::<Job>();
@@ -193,7 +197,7 @@ impl Worker {
                             (name, dir),
                             &device,
                             warm_up,
-                            quantization,
+                            weights,
                         ),
                         Job::Generate(job) => generate(model.as_ref(), job),
                     }
@@ -283,17 +287,21 @@ fn load<B: Backend>(
     (name, dir): (String, PathBuf),
     device: &B::Device,
     warm_up: bool,
-    quantization: Option<vlm_pipeline::Quantization>,
+    (quantization, activations): (
+        Option<vlm_pipeline::Quantization>,
+        vlm_pipeline::Activations,
+    ),
 ) {
     // One model in memory: the old one goes before the new one is read.
     *model = None;
     let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        let loaded = FastVlm::<B>::load_with(&dir, device, quantization, &mut |fraction| {
+        let mut loaded = FastVlm::<B>::load_with(&dir, device, quantization, &mut |fraction| {
             if let ModelState::Loading { progress, .. } = &mut *shared.state() {
                 *progress = fraction;
             }
         })
         .map_err(|e| e.to_string())?;
+        loaded.set_activations(activations);
         if warm_up {
             loaded
                 .warm_up()

@@ -117,10 +117,13 @@ def render_quantized(results, args):
     for q in ["none", "bf16"] + [q for q in args.quants if q not in ("none", "bf16")]:
         dec, ttft = ours("pipeline/decode", q), ours("pipeline/ttft_1024", q)
         rss, pre = ours("pipeline/peak_rss", q), ours("decode/0.5b/prefill/280", q)
-        ld, lp = llama(LLAMA_TYPE.get(q, q), "decode"), llama(LLAMA_TYPE.get(q, q), "prefill")
+        # `q4+int8`: the same weights with a decoding step's activations rounded to int8, beside
+        # llama.cpp's same type (which rounds its activations so too).
+        kind = LLAMA_TYPE.get(q.split("+")[0], q)
+        ld, lp = llama(kind, "decode"), llama(kind, "prefill")
         if not (dec or ld):
             continue
-        name = {"none": "f32"}.get(q, q) + f" / {LLAMA_TYPE.get(q, q).upper()}"
+        name = {"none": "f32"}.get(q, q) + f" / {kind.upper()}"
         row = [name,
                f"{dec['tok_per_s_median']:.1f}" if dec else "–",
                f"{ld['tokens_per_s']:.1f}" if ld else "–",
@@ -241,7 +244,8 @@ def main():
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--tokens", type=int, default=32)
     p.add_argument("--label", default=None)
-    p.add_argument("--quants", default="", help="also the 0.5B language model quantized (e.g. q8,q4)")
+    p.add_argument("--quants", default="",
+                   help="also the 0.5B language model quantized (e.g. q8,q4; q4+int8: activations rounded to int8)")
     p.add_argument("--llama-cpp", default=None,
                    help="a release directory: llama.cpp's anchor (llama_cpp_anchor.sh) on its language model")
     p.add_argument("--out", default=os.path.join(HERE, "..", "..", "BENCHMARKS.md"))

@@ -13,13 +13,16 @@
 //! fastvlm-bench quality  --model-path DIR --image A[,B…] [--tokens 24] [--quants q8,q4]
 //!                        a release's quantized language model against its f32 one: greedy
 //!                        answer per image, then teacher-forced KL and top-1 agreement
+//!                        (prompt prefilled, then one decoding step per answer token)
 //! fastvlm-bench profile  [--iters 5]            where the time goes: a sync, the encoder's
 //!                        parts at 1024², single ops at their shapes, a 0.5B step's parts
 //! fastvlm-bench launches [--res 256] [--shape 0.5b] [--prompt 16] [--only encoder|decode]
 //!                        kernels launched by one encoder forward, one prefill and one
 //!                        decoding step, by kind (GPU backends only)
 //!   all take [--backend cpu|wgpu|cuda] [--dtype f32|f16|bf16] (defaults as vlm-cli's);
-//!   decode and pipeline take [--quant q8|q4] (the language model's weights quantized)
+//!   decode, pipeline and linear take [--quant q8|q4] (the language model's weights
+//!   quantized); `q8+int8`, `q4+int8` there and in --quants round a decoding step's
+//!   activations to int8 (`vlm-cli --activations int8`)
 //! ```
 //! Every line carries the first call's time apart (kernel compilation and autotuning on GPUs)
 //! and the median and minimum of the timed calls after it.
@@ -35,6 +38,27 @@ use burn::tensor::ops::{AttentionModuleOptions, ConvOptions};
 use burn::tensor::{Distribution, Tensor};
 use qwen2_decoder::Qwen2Config;
 use vlm_pipeline::backend::{self, Job, Precision, Selection};
+
+/// A scheme with the activations a decoding step meets it with: `q4` (f32 activations),
+/// `q4+int8` (rounded to int8).
+type QuantSpec = (vlm_kernels::Quantization, vlm_kernels::Activations);
+
+/// `q8`, `q4`, … optionally followed by `+int8` (or `+f32`).
+fn quant_spec(text: &str) -> Result<QuantSpec, String> {
+    let (scheme, activations) = match text.split_once('+') {
+        Some((scheme, activations)) => (scheme, activations.parse()?),
+        None => (text, vlm_kernels::Activations::F32),
+    };
+    Ok((scheme.parse()?, activations))
+}
+
+/// [`quant_spec`]'s text back: the scheme, `+int8` when the activations are rounded.
+fn quant_label((scheme, activations): QuantSpec) -> String {
+    match activations {
+        vlm_kernels::Activations::F32 => scheme.to_string(),
+        other => format!("{scheme}+{other}"),
+    }
+}
 
 fn flag(args: &[String], name: &str) -> Option<String> {
     args.iter()
@@ -102,7 +126,7 @@ fn run<B: Backend>(args: &[String], backend_name: &str) -> ExitCode {
         Ok(list) if !matches!(list.trim(), "" | "on" | "all") => format!("cubecl:{}", list.trim()),
         _ => "cubecl".to_string(),
     };
-    let quant = match flag(args, "--quant").map(|q| q.parse::<vlm_kernels::Quantization>()) {
+    let quant = match flag(args, "--quant").map(|q| quant_spec(&q)) {
         Some(Ok(q)) => Some(q),
         Some(Err(e)) => {
             eprintln!("error: {e}");
@@ -113,7 +137,7 @@ fn run<B: Backend>(args: &[String], backend_name: &str) -> ExitCode {
     let tag = Tag {
         backend: backend_name.to_string(),
         dtype,
-        quant: quant.map_or_else(|| "none".to_string(), |q| q.to_string()),
+        quant: quant.map_or_else(|| "none".to_string(), quant_label),
         kernels,
     };
     match args.first().map(String::as_str) {
@@ -273,10 +297,13 @@ fn run_pipeline<B: Backend>(
     tag: &Tag,
     iters: usize,
     tokens: usize,
-    quant: Option<vlm_kernels::Quantization>,
+    quant: Option<QuantSpec>,
 ) -> ExitCode {
     let device = Default::default();
-    let pipeline = Pipeline::<B>::new_quantized(&device, quant);
+    let mut pipeline = Pipeline::<B>::new_quantized(&device, quant.map(|q| q.0));
+    if let Some((_, activations)) = quant {
+        pipeline.decoder.set_activations(activations);
+    }
     let pixels = image::<B>(1024, &device);
     measure(tag, "pipeline/ttft_1024", iters, || {
         pipeline.first_token(pixels.clone(), &device)
@@ -345,15 +372,18 @@ fn run_decode<B: Backend>(
     tag: &Tag,
     shape: &str,
     config: &qwen2_decoder::Qwen2Config,
-    (max_block_bytes, quant): (usize, Option<vlm_kernels::Quantization>),
+    (max_block_bytes, quant): (usize, Option<QuantSpec>),
     iters: usize,
     tokens: usize,
 ) -> ExitCode {
     let device = Default::default();
     let t = Instant::now();
-    let decoder = config
-        .init_quantized::<B>(&device, SEED, max_block_bytes, quant)
+    let mut decoder = config
+        .init_quantized::<B>(&device, SEED, max_block_bytes, quant.map(|q| q.0))
         .expect("a released configuration");
+    if let Some((_, activations)) = quant {
+        decoder.set_activations(activations);
+    }
     sync::<B>(&device);
     eprintln!(
         "{shape}: weights drawn in {:.1} s",
@@ -384,11 +414,7 @@ fn run_decode<B: Backend>(
 
 /// One linear layer of the 0.5B language model alone, at 1 and 280 rows: gate/up (896 →
 /// 4864), down (4864 → 896) and the tied head (896 → 151936), dense or `--quant`.
-fn run_linear<B: Backend>(
-    tag: &Tag,
-    iters: usize,
-    quant: Option<vlm_kernels::Quantization>,
-) -> ExitCode {
+fn run_linear<B: Backend>(tag: &Tag, iters: usize, quant: Option<QuantSpec>) -> ExitCode {
     use vlm_kernels::{Linear, QuantizedMatrix, quant};
     let device: B::Device = Default::default();
     for (name, d_in, d_out) in [
@@ -398,10 +424,11 @@ fn run_linear<B: Backend>(
     ] {
         let w = Tensor::<B, 2>::random([d_out, d_in], Distribution::Normal(0.0, 0.05), &device);
         let linear = match quant {
-            Some(scheme) => {
+            Some((scheme, activations)) => {
                 let values = w.into_data().convert::<f32>().into_vec::<f32>().unwrap();
                 let q = quant::quantize(&values, d_out, d_in, scheme, quant::ScaleType::F32);
-                Linear::quantized(QuantizedMatrix::upload(&q, &device), None)
+                let matrix = QuantizedMatrix::upload(&q, &device).with_activations(activations);
+                Linear::quantized(matrix, None)
             }
             // Contiguous `[in, out]`, as the loader stores it.
             None => Linear::new(Tensor::from_data(w.transpose().into_data(), &device), None),
@@ -438,10 +465,10 @@ fn run_quality<B: Backend>(args: &[String]) -> ExitCode {
     let tokens: usize = flag(args, "--tokens")
         .and_then(|s| s.parse().ok())
         .unwrap_or(24);
-    let quants: Result<Vec<vlm_kernels::Quantization>, String> = flag(args, "--quants")
+    let quants: Result<Vec<QuantSpec>, String> = flag(args, "--quants")
         .unwrap_or_else(|| "q8,q4".into())
         .split(',')
-        .map(str::parse)
+        .map(quant_spec)
         .collect();
     let quants = match quants {
         Ok(q) => q,
@@ -502,12 +529,14 @@ fn run_quality<B: Backend>(args: &[String]) -> ExitCode {
             }
         }
     }
-    for q in quants {
+    for spec in quants {
         let t = Instant::now();
-        let model = match load(Some(q)) {
+        let mut model = match load(Some(spec.0)) {
             Ok(m) => m,
             Err(e) => return fail(e),
         };
+        model.set_activations(spec.1);
+        let q = quant_label(spec);
         let load_s = t.elapsed().as_secs_f64();
         for ((path, request), (ids, want)) in requests.iter().zip(&reference) {
             let got = match model.continuation_logprobs(request, ids) {

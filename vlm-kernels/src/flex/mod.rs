@@ -22,6 +22,7 @@ mod depthwise;
 mod math;
 mod mlp;
 mod quant;
+mod quant_i8;
 
 pub use attention::attention;
 pub use conv::{DenseConv, conv2d_patches};

@@ -10,12 +10,12 @@
 //! sums as small as the weights' own (uncentred levels are all positive, and their sum and the
 //! bias term cancel), which keeps that rounding at the reference's.
 //!
-//! The inner loops have AVX-512 and AVX2+FMA versions chosen at run time and a portable one
-//! (integer dot-product instructions such as VNNI would need the inputs rounded to integers,
-//! which f32 arithmetic excludes); tasks are blocks of output rows spread over rayon's
-//! threads. More than [`MATVEC_ROWS`] input rows (a prefill) go through blocked
-//! dequantization: each task dequantizes a tile of weight rows into a cache-sized scratch
-//! block and calls `gemm` on it for all input rows.
+//! The inner loops have AVX-512 and AVX2+FMA versions chosen at run time and a portable one;
+//! integer dot-product instructions such as VNNI need the inputs rounded to integers, which
+//! f32 arithmetic excludes: that is the opt-in [`super::quant_i8`]. Tasks are blocks of
+//! output rows spread over rayon's threads. More than [`MATVEC_ROWS`] input rows (a prefill)
+//! go through blocked dequantization: each task dequantizes a tile of weight rows into a
+//! cache-sized scratch block and calls `gemm` on it for all input rows.
 
 use std::cell::RefCell;
 
@@ -24,7 +24,7 @@ use burn::tensor::{DType, Tensor, backend::Backend};
 use rayon::prelude::*;
 
 use super::{Matrix, SharedMut, contiguous, flex, on_flex, output, product};
-use crate::quant::{Quantization, QuantizedMatrix, dequantize_rows};
+use crate::quant::{Activations, Quantization, QuantizedMatrix, dequantize_rows};
 use crate::{cast, is};
 
 /// Input rows up to which each weight row is read once per input row (a decoding step, a
@@ -32,7 +32,7 @@ use crate::{cast, is};
 pub const MATVEC_ROWS: usize = 4;
 
 /// Output rows per task of the matrix–vector product.
-const ROW_BLOCK: usize = 32;
+pub(super) const ROW_BLOCK: usize = 32;
 
 thread_local! {
     /// Each thread's dequantized tile, reused across its tasks.
@@ -76,7 +76,9 @@ pub fn quantized_matmul<B: Backend, const D: usize>(
     };
     let input = &x.storage::<f32>()[..m * cols];
     let mut out = vec![0.0f32; m * rows];
-    if m <= MATVEC_ROWS {
+    if m <= MATVEC_ROWS && w.activations == Activations::Int8 {
+        super::quant_i8::matvec(&weights, input, m, &mut out);
+    } else if m <= MATVEC_ROWS {
         matvec(&weights, input, m, &mut out);
     } else {
         tiled(&weights, input, m, &mut out);
@@ -87,16 +89,16 @@ pub fn quantized_matmul<B: Backend, const D: usize>(
 }
 
 /// A packed matrix's host arrays.
-struct Weights<'a> {
-    scheme: Quantization,
-    cols: usize,
-    packed: &'a [u32],
-    scales: &'a [f32],
-    biases: &'a [f32],
+pub(super) struct Weights<'a> {
+    pub scheme: Quantization,
+    pub cols: usize,
+    pub packed: &'a [u32],
+    pub scales: &'a [f32],
+    pub biases: &'a [f32],
 }
 
 impl Weights<'_> {
-    fn row(&self, r: usize) -> (&[u32], &[f32], &[f32]) {
+    pub fn row(&self, r: usize) -> (&[u32], &[f32], &[f32]) {
         let words = self.cols / self.scheme.per_word();
         let groups = self.cols / self.scheme.group_size;
         (
@@ -327,14 +329,14 @@ mod portable {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
+pub(super) mod avx2 {
     use std::arch::x86_64::*;
 
     use super::Row;
 
     /// Horizontal sum of eight lanes.
     #[target_feature(enable = "avx2,fma")]
-    fn sum(v: __m256) -> f32 {
+    pub(in crate::flex) fn sum(v: __m256) -> f32 {
         let pair = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
         let pair = _mm_add_ps(pair, _mm_movehl_ps(pair, pair));
         _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps(pair, pair, 1)))
@@ -346,7 +348,7 @@ mod avx2 {
     /// The CPU has AVX2; `out` holds whole groups of a multiple of 8 values and `packed`,
     /// `scales`, `biases` the words, scales and biases of those groups.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dequantize(
+    pub(super) unsafe fn dequantize(
         scheme: crate::quant::Quantization,
         packed: &[u32],
         scales: &[f32],
@@ -381,16 +383,21 @@ mod avx2 {
         }
     }
 
-    /// `Σ_g bias_g · sums_g`, eight groups at a time.
+    /// `Σ_g (bias_g + centre·scale_g) · sums_g`, eight groups at a time.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) fn biased(row: &Row<'_>, centre: f32) -> f32 {
-        let (biases, scales, sums) = (row.biases, row.scales, row.sums);
+    pub(in crate::flex) fn biased(
+        biases: &[f32],
+        scales: &[f32],
+        sums: &[f32],
+        centre: f32,
+    ) -> f32 {
         let c = _mm256_set1_ps(centre);
         let mut acc = _mm256_setzero_ps();
         let mut tail = 0.0f32;
-        let whole = biases.len() / 8 * 8;
+        let n = biases.len().min(scales.len()).min(sums.len());
+        let whole = n / 8 * 8;
         for g in (0..whole).step_by(8) {
-            // SAFETY: eight values from g in each slice (g + 8 ≤ whole).
+            // SAFETY: eight values from g in each slice (g + 8 ≤ whole ≤ each length).
             let (b, s, x) = unsafe {
                 (
                     _mm256_loadu_ps(biases.as_ptr().add(g)),
@@ -400,7 +407,7 @@ mod avx2 {
             };
             acc = _mm256_fmadd_ps(_mm256_fmadd_ps(c, s, b), x, acc);
         }
-        for g in whole..biases.len() {
+        for g in whole..n {
             tail += centre.mul_add(scales[g], biases[g]) * sums[g];
         }
         sum(acc) + tail
@@ -416,7 +423,7 @@ mod avx2 {
     /// # Safety
     /// The CPU has AVX2 and FMA; the row's slices hold whole groups of a multiple of 64.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot_q4(row: &Row<'_>) -> f32 {
+    pub(super) unsafe fn dot_q4(row: &Row<'_>) -> f32 {
         const CENTRE: f32 = 8.0;
         let gs = row.group_size;
         let flip = _mm256_set1_epi32(0x8888_8888_u32 as i32);
@@ -459,7 +466,7 @@ mod avx2 {
             let group = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
             total = _mm256_fmadd_ps(group, _mm256_set1_ps(scale), total);
         }
-        sum(total) + biased(row, CENTRE)
+        sum(total) + biased(row.biases, row.scales, row.sums, CENTRE)
     }
 
     /// 8-bit: eight bytes widened to eight lanes at a time, 32 values per step.
@@ -467,7 +474,7 @@ mod avx2 {
     /// # Safety
     /// The CPU has AVX2 and FMA; the row's slices hold whole groups of a multiple of 32.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot_q8(row: &Row<'_>) -> f32 {
+    pub(super) unsafe fn dot_q8(row: &Row<'_>) -> f32 {
         const CENTRE: f32 = 128.0;
         let gs = row.group_size;
         let bytes = row.words.as_ptr() as *const u8;
@@ -495,7 +502,7 @@ mod avx2 {
             let group = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
             total = _mm256_fmadd_ps(group, _mm256_set1_ps(scale), total);
         }
-        sum(total) + biased(row, CENTRE)
+        sum(total) + biased(row.biases, row.scales, row.sums, CENTRE)
     }
 }
 
@@ -514,7 +521,7 @@ mod avx512 {
     /// The CPU has AVX-512F; the row's groups are a multiple of 64 values and the row a
     /// multiple of 128.
     #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
-    pub unsafe fn dot_q4(row: &Row<'_>) -> f32 {
+    pub(super) unsafe fn dot_q4(row: &Row<'_>) -> f32 {
         const CENTRE: f32 = 8.0;
         let gs = row.group_size;
         let flip = _mm512_set1_epi32(0x8888_8888_u32 as i32);
@@ -553,7 +560,7 @@ mod avx512 {
             total = _mm512_fmadd_ps(chunk, scale, total);
             k += 128;
         }
-        _mm512_reduce_add_ps(total) + super::avx2::biased(row, CENTRE)
+        _mm512_reduce_add_ps(total) + super::avx2::biased(row.biases, row.scales, row.sums, CENTRE)
     }
 
     /// 8-bit: sixteen bytes widened to sixteen lanes at a time, 64 values per step.
@@ -561,7 +568,7 @@ mod avx512 {
     /// # Safety
     /// The CPU has AVX-512F/BW; the row's groups are a multiple of 64 values.
     #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
-    pub unsafe fn dot_q8(row: &Row<'_>) -> f32 {
+    pub(super) unsafe fn dot_q8(row: &Row<'_>) -> f32 {
         const CENTRE: f32 = 128.0;
         let gs = row.group_size;
         let bytes = row.words.as_ptr() as *const u8;
@@ -591,7 +598,7 @@ mod avx512 {
             let group = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
             total = _mm512_fmadd_ps(group, _mm512_set1_ps(scale), total);
         }
-        _mm512_reduce_add_ps(total) + super::avx2::biased(row, CENTRE)
+        _mm512_reduce_add_ps(total) + super::avx2::biased(row.biases, row.scales, row.sums, CENTRE)
     }
 }
 

@@ -5,8 +5,9 @@ use crate::quant::QuantizedMatrix;
 /// `x · Wᵀ` for `x` `[…, cols]` and a quantized `W` `[rows, cols]` → `[…, rows]`.
 ///
 /// On flex at f32 straight from the packed words ([`crate::flex::quantized_matmul`]: no
-/// dequantized copy of the matrix); elsewhere the matrix is dequantized by burn's ops for the
-/// product.
+/// dequantized copy of the matrix), a decoding step's rows rounded to int8 first where the
+/// matrix says so ([`crate::quant::Activations::Int8`]); elsewhere the matrix is dequantized by
+/// burn's ops for the product.
 pub fn quantized_matmul<B: Backend, const D: usize>(
     x: Tensor<B, D>,
     w: &QuantizedMatrix<B>,
