@@ -105,9 +105,9 @@ impl std::fmt::Display for Quantization {
     }
 }
 
-/// What a quantized product multiplies the weights with at a decoding step (up to
-/// [`crate::flex::MATVEC_ROWS`] input rows on the CPU; prefills and the GPU backends always
-/// take the f32 activations).
+/// What a quantized product multiplies the weights with at a decoding step (up to four input
+/// rows on the CPU, `flex::MATVEC_ROWS`; prefills and the GPU backends always take the f32
+/// activations).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
 pub enum Activations {
     /// The activations as they are, in f32 arithmetic: the product is

@@ -287,6 +287,28 @@ mod vnni {
         _mm512_reduce_add_ps(acc)
     }
 
+    /// `Σ_lanes sum·(d·s)` over a row of `n` values in chunks of `step`, `chunk(k)` giving the
+    /// chunk from value `k`: its lanes' integer sums in f32 and their `d·s`. Two running
+    /// totals, so that consecutive chunks do not wait on each other's add.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn total(n: usize, step: usize, chunk: impl Fn(usize) -> (__m512, __m512)) -> f32 {
+        let (mut t0, mut t1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+        let mut k = 0;
+        while k + 2 * step <= n {
+            let (a, da) = chunk(k);
+            let (b, db) = chunk(k + step);
+            t0 = _mm512_fmadd_ps(a, da, t0);
+            t1 = _mm512_fmadd_ps(b, db, t1);
+            k += 2 * step;
+        }
+        if k < n {
+            let (a, da) = chunk(k);
+            t0 = _mm512_fmadd_ps(a, da, t0);
+        }
+        _mm512_reduce_add_ps(_mm512_add_ps(t0, t1))
+    }
+
     /// 4-bit: sixteen words (128 levels) a step; the low nibbles against the even inputs and
     /// the high ones against the odd ([`super::Order::Split`]`(128)`), both into the same 16
     /// lanes, one per word.
@@ -325,22 +347,7 @@ mod vnni {
                 (_mm512_cvtepi32_ps(acc), ds)
             }
         };
-        // Two running totals, so that consecutive chunks do not wait on each other's add.
-        let (mut t0, mut t1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
-        let n = row.q.len();
-        let mut k = 0;
-        while k + 256 <= n {
-            let (a, da) = chunk(k);
-            let (b, db) = chunk(k + 128);
-            t0 = _mm512_fmadd_ps(a, da, t0);
-            t1 = _mm512_fmadd_ps(b, db, t1);
-            k += 256;
-        }
-        if k < n {
-            let (a, da) = chunk(k);
-            t0 = _mm512_fmadd_ps(a, da, t0);
-        }
-        _mm512_reduce_add_ps(_mm512_add_ps(t0, t1)) + biased(row, 8.0)
+        total(row.q.len(), 128, chunk) + biased(row, 8.0)
     }
 
     /// 8-bit: sixteen words (64 levels) a step, one lane per word.
@@ -373,21 +380,7 @@ mod vnni {
                 (_mm512_cvtepi32_ps(acc), ds)
             }
         };
-        let (mut t0, mut t1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
-        let n = row.q.len();
-        let mut k = 0;
-        while k + 128 <= n {
-            let (a, da) = chunk(k);
-            let (b, db) = chunk(k + 64);
-            t0 = _mm512_fmadd_ps(a, da, t0);
-            t1 = _mm512_fmadd_ps(b, db, t1);
-            k += 128;
-        }
-        if k < n {
-            let (a, da) = chunk(k);
-            t0 = _mm512_fmadd_ps(a, da, t0);
-        }
-        _mm512_reduce_add_ps(_mm512_add_ps(t0, t1)) + biased(row, 128.0)
+        total(row.q.len(), 64, chunk) + biased(row, 128.0)
     }
 }
 
