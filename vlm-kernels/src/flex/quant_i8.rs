@@ -287,12 +287,43 @@ mod vnni {
         _mm512_reduce_add_ps(acc)
     }
 
-    /// `Σ_lanes sum·(d·s)` over a row of `n` values in chunks of `step`, `chunk(k)` giving the
-    /// chunk from value `k`: its lanes' integer sums in f32 and their `d·s`. Two running
-    /// totals, so that consecutive chunks do not wait on each other's add.
+    /// `Σ_lanes (sum − corr)·(d·s)` over the row in chunks of `step` values (`per` to a word):
+    /// `sums(k, w)` gives the chunk from value `k` (word `w`) as uncentred integer sums, one
+    /// lane per word; the centring, the scales and the prefetch are the same for both widths.
+    /// Two running totals, so that consecutive chunks do not wait on each other's add.
+    ///
+    /// # Safety
+    /// The row is whole chunks, its groups 32, 64 or 128 values, and `sums` reads only words
+    /// `w .. + 16` and inputs `k .. + step`.
     #[target_feature(enable = "avx512f")]
     #[inline]
-    fn total(n: usize, step: usize, chunk: impl Fn(usize) -> (__m512, __m512)) -> f32 {
+    unsafe fn total(
+        row: &Row<'_>,
+        per: usize,
+        step: usize,
+        sums: impl Fn(usize, usize) -> __m512i,
+    ) -> f32 {
+        let gs = row.group_size;
+        // SAFETY: 16 i32 from a 16-element array.
+        let idx = unsafe { _mm512_loadu_si512(row.lanes.idx.as_ptr() as *const __m512i) };
+        let mask = ((1u32 << row.lanes.count) - 1) as u16;
+        let chunk = |k: usize| {
+            let w = k / per;
+            let ahead = row.words.as_ptr().wrapping_add(w).wrapping_byte_add(AHEAD);
+            _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
+            // SAFETY: the chunk's 16 words' corr and d from w, and the masked scales from k/gs,
+            // lie in the row (whole chunks; a chunk holds whole groups or lies in one).
+            unsafe {
+                let acc = _mm512_sub_epi32(
+                    sums(k, w),
+                    _mm512_loadu_si512(row.corr.as_ptr().add(w) as *const __m512i),
+                );
+                let s = lane_scales(row.scales.as_ptr().add(k / gs), mask, idx);
+                let ds = _mm512_mul_ps(_mm512_loadu_ps(row.d.as_ptr().add(w)), s);
+                (_mm512_cvtepi32_ps(acc), ds)
+            }
+        };
+        let n = row.q.len();
         let (mut t0, mut t1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
         let mut k = 0;
         while k + 2 * step <= n {
@@ -318,18 +349,9 @@ mod vnni {
     /// or 128 values.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     pub unsafe fn dot_q4(row: &Row<'_>) -> f32 {
-        let gs = row.group_size;
-        // SAFETY: 16 i32 from a 16-element array.
-        let idx = unsafe { _mm512_loadu_si512(row.lanes.idx.as_ptr() as *const __m512i) };
-        let mask = ((1u32 << row.lanes.count) - 1) as u16;
         let low = _mm512_set1_epi8(0x0f);
-        // One chunk's lanes: the integer sums in f32 and their `d·s`.
-        let chunk = |k: usize| {
-            let w = k / 8;
-            let ahead = row.words.as_ptr().wrapping_add(w).wrapping_byte_add(AHEAD);
-            _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
-            // SAFETY: words w .. + 16, inputs k .. + 128, their d and corr, and `count` scales
-            // from k/gs lie in the row (whole chunks; a chunk holds whole groups).
+        let sums = |k: usize, w: usize| {
+            // SAFETY: words w .. + 16 and inputs k .. + 128 lie in the row (whole chunks).
             unsafe {
                 let v = _mm512_loadu_si512(row.words.as_ptr().add(w) as *const __m512i);
                 let lo = _mm512_and_si512(v, low);
@@ -337,17 +359,11 @@ mod vnni {
                 let xe = _mm512_loadu_si512(row.q.as_ptr().add(k) as *const __m512i);
                 let xo = _mm512_loadu_si512(row.q.as_ptr().add(k + 64) as *const __m512i);
                 let acc = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xe);
-                let acc = _mm512_dpbusd_epi32(acc, hi, xo);
-                let acc = _mm512_sub_epi32(
-                    acc,
-                    _mm512_loadu_si512(row.corr.as_ptr().add(w) as *const __m512i),
-                );
-                let s = lane_scales(row.scales.as_ptr().add(k / gs), mask, idx);
-                let ds = _mm512_mul_ps(_mm512_loadu_ps(row.d.as_ptr().add(w)), s);
-                (_mm512_cvtepi32_ps(acc), ds)
+                _mm512_dpbusd_epi32(acc, hi, xo)
             }
         };
-        total(row.q.len(), 128, chunk) + biased(row, 8.0)
+        // SAFETY: as this function's own contract; `sums` reads within its chunk.
+        unsafe { total(row, 8, 128, sums) + biased(row, 8.0) }
     }
 
     /// 8-bit: sixteen words (64 levels) a step, one lane per word.
@@ -357,30 +373,16 @@ mod vnni {
     /// 128 values.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     pub unsafe fn dot_q8(row: &Row<'_>) -> f32 {
-        let gs = row.group_size;
-        // SAFETY: 16 i32 from a 16-element array.
-        let idx = unsafe { _mm512_loadu_si512(row.lanes.idx.as_ptr() as *const __m512i) };
-        let mask = ((1u32 << row.lanes.count) - 1) as u16;
-        let chunk = |k: usize| {
-            let w = k / 4;
-            let ahead = row.words.as_ptr().wrapping_add(w).wrapping_byte_add(AHEAD);
-            _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
-            // SAFETY: words w .. + 16, inputs k .. + 64, their d and corr, and `count` scales
-            // from k/gs lie in the row (whole chunks; a chunk within a group or whole groups).
+        let sums = |k: usize, w: usize| {
+            // SAFETY: words w .. + 16 and inputs k .. + 64 lie in the row (whole chunks).
             unsafe {
                 let v = _mm512_loadu_si512(row.words.as_ptr().add(w) as *const __m512i);
                 let x = _mm512_loadu_si512(row.q.as_ptr().add(k) as *const __m512i);
-                let acc = _mm512_dpbusd_epi32(_mm512_setzero_si512(), v, x);
-                let acc = _mm512_sub_epi32(
-                    acc,
-                    _mm512_loadu_si512(row.corr.as_ptr().add(w) as *const __m512i),
-                );
-                let s = lane_scales(row.scales.as_ptr().add(k / gs), mask, idx);
-                let ds = _mm512_mul_ps(_mm512_loadu_ps(row.d.as_ptr().add(w)), s);
-                (_mm512_cvtepi32_ps(acc), ds)
+                _mm512_dpbusd_epi32(_mm512_setzero_si512(), v, x)
             }
         };
-        total(row.q.len(), 64, chunk) + biased(row, 128.0)
+        // SAFETY: as this function's own contract; `sums` reads within its chunk.
+        unsafe { total(row, 4, 64, sums) + biased(row, 128.0) }
     }
 }
 
