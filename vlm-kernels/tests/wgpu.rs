@@ -229,20 +229,60 @@ fn wgpu_attention_kernel_matches_burn() {
     }
 }
 
+/// `w` `[in, out]` quantized by `scheme` as MLX stores a linear layer's weight (`[out, in]`).
+fn quantize_transposed(
+    w: &TensorData,
+    scheme: vlm_kernels::Quantization,
+) -> vlm_kernels::quant::HostQuantized {
+    use burn::backend::Flex;
+    let [k, n] = [w.shape[0], w.shape[1]];
+    let t = Tensor::<Flex, 2>::from_data(w.clone(), &Default::default())
+        .transpose()
+        .into_data()
+        .into_vec::<f32>()
+        .unwrap();
+    vlm_kernels::quant::quantize(&t, n, k, scheme, vlm_kernels::quant::ScaleType::F32)
+}
+
+/// The `[in, out]` matrices a kernel multiplies with: `weights` themselves, or what their
+/// quantization by `scheme` stands for (dequantized on the host).
+fn effective_weights(
+    weights: &[TensorData],
+    scheme: Option<vlm_kernels::Quantization>,
+) -> Vec<TensorData> {
+    use burn::backend::Flex;
+    let Some(scheme) = scheme else {
+        return weights.to_vec();
+    };
+    weights
+        .iter()
+        .map(|w| {
+            let q = quantize_transposed(w, scheme);
+            let dense = TensorData::new(q.dequantize(), [q.rows, q.cols]);
+            Tensor::<Flex, 2>::from_data(dense, &Default::default())
+                .transpose()
+                .into_data()
+        })
+        .collect()
+}
+
 /// A decoding step's linear layers at batch 1 (`cube::linear_row`) against burn's ops
 /// on the CPU: q/k/v side by side with biases after the RMS norm (widths that do not fill the
 /// kernel's column blocks, a cube straddling two projections), one projection plus a residual,
 /// the norm and SwiGLU, weights given as transposed views (a tied LM head: the kernel's
-/// input-major threads), an input row longer than a cube's threads; through burn's fusion and on
-/// the bare backend.
+/// input-major threads), an input row longer than a cube's threads; the same shapes with
+/// quantized weights read from their words (q8 and q4, groups of 32, 64 and 128) against the
+/// product of the dequantized matrices; through burn's fusion and on the bare backend. The
+/// reference runs in f64, so rel-L2 ≤ 1e-6 bounds the kernel's own rounding.
 #[test]
 fn wgpu_linear_row_kernel_matches_burn() {
     use burn::backend::Flex;
     use burn::tensor::Distribution;
     use burn::tensor::activation::silu;
     use burn::tensor::backend::Backend;
-    use vlm_kernels::cube::{RowProjection, linear_row};
+    use vlm_kernels::cube::{RowProjection, RowWeights, linear_row};
     use vlm_kernels::ops::RowNorm;
+    use vlm_kernels::{Quantization, QuantizedMatrix};
 
     if !adapter(DType::F32) {
         return;
@@ -260,6 +300,8 @@ fn wgpu_linear_row_kernel_matches_burn() {
         transposed: bool,
         /// The RMS norm's weight, where the row is normalised first.
         norm: Option<TensorData>,
+        /// Weights quantized (MLX's `[out, in]`), read by the kernel from their words.
+        scheme: Option<Quantization>,
     }
 
     const EPS: f64 = 1e-6;
@@ -267,6 +309,16 @@ fn wgpu_linear_row_kernel_matches_burn() {
     fn run<B: Backend>(case: &Case) -> TensorData {
         let device = Default::default();
         let x = Tensor::<B, 3>::from_data(case.x.clone(), &device);
+        let on = &device;
+        let quantized: Vec<QuantizedMatrix<B>> = case
+            .scheme
+            .into_iter()
+            .flat_map(|scheme| {
+                case.weights
+                    .iter()
+                    .map(move |w| QuantizedMatrix::upload(&quantize_transposed(w, scheme), on))
+            })
+            .collect();
         let weights: Vec<Tensor<B, 2>> = case
             .weights
             .iter()
@@ -293,37 +345,41 @@ fn wgpu_linear_row_kernel_matches_burn() {
             eps: EPS,
         });
         // Elementwise work on both sides, so under fusion the kernel sits between fused ops.
-        let y = linear_row(x * 2.0, &weights, &biases, case.projection, norm, residual);
+        let weights = match case.scheme {
+            Some(_) => RowWeights::Quantized(&quantized),
+            None => RowWeights::Dense(&weights),
+        };
+        let y = linear_row(x * 2.0, weights, &biases, case.projection, norm, residual);
         (y - 1.0).into_data()
     }
 
+    /// In f64 throughout (the kernels' own rounding is what the comparison measures).
     fn reference(case: &Case) -> Tensor<Flex, 3> {
-        let cpu = Default::default();
-        let mut x = Tensor::<Flex, 3>::from_data(case.x.clone(), &cpu) * 2.0;
+        use burn::tensor::FloatDType;
+        fn wide<const D: usize>(data: &TensorData) -> Tensor<Flex, D> {
+            Tensor::<Flex, D>::from_data(data.clone(), &Default::default()).cast(FloatDType::F64)
+        }
+        let mut x = wide::<3>(&case.x) * 2.0;
         if let Some(w) = &case.norm {
             let rms = (x.clone().square().mean_dim(2) + EPS).sqrt();
-            x = x / rms * Tensor::<Flex, 1>::from_data(w.clone(), &cpu).unsqueeze::<3>();
+            x = x / rms * wide::<1>(w).unsqueeze::<3>();
         }
-        let mut outs: Vec<Tensor<Flex, 3>> = case
-            .weights
+        let mut outs: Vec<Tensor<Flex, 3>> = effective_weights(&case.weights, case.scheme)
             .iter()
-            .map(|w| {
-                x.clone()
-                    .matmul(Tensor::<Flex, 2>::from_data(w.clone(), &cpu).unsqueeze())
-            })
+            .map(|w| x.clone().matmul(wide::<2>(w).unsqueeze()))
             .collect();
         for (o, b) in outs.iter_mut().zip(&case.biases) {
-            *o = o.clone() + Tensor::<Flex, 1>::from_data(b.clone(), &cpu).unsqueeze();
+            *o = o.clone() + wide::<1>(b).unsqueeze();
         }
         let y = match case.projection {
             RowProjection::Concat => Tensor::cat(outs, 2),
             RowProjection::SwiGlu => silu(outs[0].clone()) * outs[1].clone(),
         };
         let y = match &case.residual {
-            Some(r) => y + Tensor::<Flex, 3>::from_data(r.clone(), &cpu) * 0.5,
+            Some(r) => y + wide::<3>(r) * 0.5,
             None => y,
         };
-        y - 1.0
+        (y - 1.0).cast(FloatDType::F32)
     }
 
     let cpu = Default::default();
@@ -350,6 +406,7 @@ fn wgpu_linear_row_kernel_matches_burn() {
             projection: RowProjection::Concat,
             transposed: false,
             norm: Some(normal(&[37])),
+            scheme: None,
         },
         // o_proj / down_proj: one projection and the residual.
         Case {
@@ -360,6 +417,7 @@ fn wgpu_linear_row_kernel_matches_burn() {
             projection: RowProjection::Concat,
             transposed: false,
             norm: None,
+            scheme: None,
         },
         // gate/up after the post-attention norm.
         Case {
@@ -370,6 +428,7 @@ fn wgpu_linear_row_kernel_matches_burn() {
             projection: RowProjection::SwiGlu,
             transposed: false,
             norm: Some(normal(&[33])),
+            scheme: None,
         },
         // gate/up without the norm.
         Case {
@@ -380,6 +439,7 @@ fn wgpu_linear_row_kernel_matches_burn() {
             projection: RowProjection::SwiGlu,
             transposed: false,
             norm: None,
+            scheme: None,
         },
         // Two projections with biases, weights as transposed views.
         Case {
@@ -390,6 +450,7 @@ fn wgpu_linear_row_kernel_matches_burn() {
             projection: RowProjection::Concat,
             transposed: true,
             norm: None,
+            scheme: None,
         },
         // The final norm and a tied LM head in three vocabulary blocks (transposed views), a
         // row longer than a cube's threads.
@@ -405,6 +466,67 @@ fn wgpu_linear_row_kernel_matches_burn() {
             projection: RowProjection::Concat,
             transposed: true,
             norm: Some(normal(&[2500])),
+            scheme: None,
+        },
+        // Quantized: q/k/v after the norm (q8, groups of 64), 128 → 48 | 16 | 16 with biases.
+        Case {
+            x: normal(&[1, 1, 128]),
+            weights: vec![normal(&[128, 48]), normal(&[128, 16]), normal(&[128, 16])],
+            biases: vec![normal(&[48]), normal(&[16]), normal(&[16])],
+            residual: None,
+            projection: RowProjection::Concat,
+            transposed: false,
+            norm: Some(normal(&[128])),
+            scheme: Some(Quantization::Q8),
+        },
+        // o_proj / down_proj at q4 in groups of 32, an output width off the cube's 16.
+        Case {
+            x: normal(&[1, 1, 320]),
+            weights: vec![normal(&[320, 33])],
+            biases: vec![],
+            residual: Some(normal(&[1, 1, 33])),
+            projection: RowProjection::Concat,
+            transposed: false,
+            norm: None,
+            scheme: Some("q4g32".parse().unwrap()),
+        },
+        // gate/up after the norm at q4.
+        Case {
+            x: normal(&[1, 1, 192]),
+            weights: vec![normal(&[192, 70]), normal(&[192, 70])],
+            biases: vec![],
+            residual: None,
+            projection: RowProjection::SwiGlu,
+            transposed: false,
+            norm: Some(normal(&[192])),
+            scheme: Some(Quantization::Q4),
+        },
+        // gate/up without the norm, q8 in groups of 128.
+        Case {
+            x: normal(&[1, 1, 256]),
+            weights: vec![normal(&[256, 40]), normal(&[256, 40])],
+            biases: vec![],
+            residual: None,
+            projection: RowProjection::SwiGlu,
+            transposed: false,
+            norm: None,
+            scheme: Some("q8g128".parse().unwrap()),
+        },
+        // The final norm and a quantized LM head in three vocabulary blocks, rows of more words
+        // than a cube has threads per column.
+        Case {
+            x: normal(&[1, 1, 1280]),
+            weights: vec![
+                normal(&[1280, 50]),
+                normal(&[1280, 50]),
+                normal(&[1280, 21]),
+            ],
+            biases: vec![],
+            residual: None,
+            projection: RowProjection::Concat,
+            transposed: false,
+            norm: Some(normal(&[1280])),
+            scheme: Some(Quantization::Q4),
         },
     ];
     for (i, case) in cases.iter().enumerate() {
@@ -414,7 +536,7 @@ fn wgpu_linear_row_kernel_matches_burn() {
             ("bare", run::<Bare>(case)),
         ] {
             let err = rel_l2(Tensor::<Flex, 3>::from_data(got, &cpu), want.clone());
-            assert!(err <= 1e-5, "case {i} on {backend}: rel-L2 {err:.3e}");
+            assert!(err <= 1e-6, "case {i} on {backend}: rel-L2 {err:.3e}");
         }
         // The output follows the input row.
         let moved = Case {
@@ -425,6 +547,7 @@ fn wgpu_linear_row_kernel_matches_burn() {
             projection: case.projection,
             transposed: case.transposed,
             norm: case.norm.clone(),
+            scheme: case.scheme,
         };
         let moved = rel_l2(
             Tensor::<Flex, 3>::from_data(run::<Wgpu<f32>>(&moved), &cpu),
@@ -441,6 +564,7 @@ fn wgpu_linear_row_kernel_matches_burn() {
                 projection: case.projection,
                 transposed: case.transposed,
                 norm: Some(normal(&w.shape)),
+                scheme: case.scheme,
             };
             let moved = rel_l2(
                 Tensor::<Flex, 3>::from_data(run::<Wgpu<f32>>(&moved), &cpu),
@@ -607,15 +731,18 @@ fn wgpu_rotary_append_kernel_matches_burn() {
 /// A decoding step's attention inputs in one launch (`cube::qkv_rotary_append`: the
 /// input norm, q/k/v with biases, the rotation, the KV cache write) against burn's ops on the
 /// CPU: grouped kv heads, head sizes 16, 64 and 128, the first and the last cache position,
-/// with and without biases and norm; through burn's fusion and on the bare backend, in place
-/// and with the cache held elsewhere (then copied, the held one unchanged).
+/// with and without biases and norm, dense and quantized weights (q8, q4, groups of 64 and 32,
+/// against the dequantized matrices); through burn's fusion and on the bare backend, in place
+/// and with the cache held elsewhere (then copied, the held one unchanged). The reference runs
+/// in f64.
 #[test]
 fn wgpu_qkv_rotary_append_kernel_matches_burn() {
     use burn::backend::Flex;
     use burn::tensor::Distribution;
     use burn::tensor::backend::Backend;
-    use vlm_kernels::cube::qkv_rotary_append;
+    use vlm_kernels::cube::{RowWeights, qkv_rotary_append};
     use vlm_kernels::ops::{Rope, RowNorm};
+    use vlm_kernels::{Quantization, QuantizedMatrix};
 
     if !adapter(DType::F32) {
         return;
@@ -633,16 +760,30 @@ fn wgpu_qkv_rotary_append_kernel_matches_burn() {
         start: usize,
         /// cos and sin `[1, 1, 1, d]`.
         rope: [TensorData; 2],
+        /// Weights quantized (MLX's `[out, in]`), read by the kernel from their words.
+        scheme: Option<Quantization>,
     }
 
     /// `[q, keys, values]` after the kernel, and the caches as first held when `keep`.
     fn run<B: Backend>(case: &Case, keep: bool) -> (Vec<TensorData>, Option<[TensorData; 2]>) {
         let device = Default::default();
         let x = Tensor::<B, 3>::from_data(case.x.clone(), &device) * 2.0;
-        let weights = case
+        let dense = case
             .weights
             .clone()
             .map(|w| Tensor::<B, 2>::from_data(w, &device));
+        let quantized: Vec<QuantizedMatrix<B>> = match case.scheme {
+            Some(scheme) => case
+                .weights
+                .iter()
+                .map(|w| QuantizedMatrix::upload(&quantize_transposed(w, scheme), &device))
+                .collect(),
+            None => Vec::new(),
+        };
+        let weights = match case.scheme {
+            Some(_) => RowWeights::Quantized(&quantized),
+            None => RowWeights::Dense(&dense),
+        };
         let biases = case
             .biases
             .clone()
@@ -672,31 +813,31 @@ fn wgpu_qkv_rotary_append_kernel_matches_burn() {
         (outputs, held.map(|(k, v)| [k.into_data(), v.into_data()]))
     }
 
+    /// In f64 throughout (the kernel's own rounding is what the comparison measures).
     fn reference(case: &Case) -> [Tensor<Flex, 4>; 3] {
-        let cpu = Default::default();
-        let mut x = Tensor::<Flex, 3>::from_data(case.x.clone(), &cpu) * 2.0;
+        use burn::tensor::FloatDType;
+        fn wide<const D: usize>(data: &TensorData) -> Tensor<Flex, D> {
+            Tensor::<Flex, D>::from_data(data.clone(), &Default::default()).cast(FloatDType::F64)
+        }
+        let mut x = wide::<3>(&case.x) * 2.0;
         if let Some(w) = &case.norm {
             let rms = (x.clone().square().mean_dim(2) + EPS).sqrt();
-            x = x / rms * Tensor::<Flex, 1>::from_data(w.clone(), &cpu).unsqueeze::<3>();
+            x = x / rms * wide::<1>(w).unsqueeze::<3>();
         }
         let d = case.rope[0].shape[3];
+        let weights = effective_weights(&case.weights, case.scheme);
         let [q, k, v] = std::array::from_fn(|i| {
-            let mut y = x
-                .clone()
-                .matmul(Tensor::<Flex, 2>::from_data(case.weights[i].clone(), &cpu).unsqueeze());
+            let mut y = x.clone().matmul(wide::<2>(&weights[i]).unsqueeze());
             if let Some(b) = &case.biases {
-                y = y + Tensor::<Flex, 1>::from_data(b[i].clone(), &cpu).unsqueeze();
+                y = y + wide::<1>(&b[i]).unsqueeze();
             }
             let width = y.dims()[2];
             y.reshape([1, 1, width / d, d]).swap_dims(1, 2)
         });
-        let [cos, sin] = case
-            .rope
-            .clone()
-            .map(|t| Tensor::<Flex, 4>::from_data(t, &cpu));
+        let [cos, sin] = case.rope.each_ref().map(wide::<4>);
         let rope = Rope { cos, sin };
-        let keys = Tensor::<Flex, 4>::from_data(case.keys.clone(), &cpu);
-        let values = Tensor::<Flex, 4>::from_data(case.values.clone(), &cpu);
+        let keys = wide::<4>(&case.keys);
+        let values = wide::<4>(&case.values);
         let kv_heads = keys.dims()[1];
         let range = [0..1, 0..kv_heads, case.start..case.start + 1, 0..d];
         [
@@ -704,6 +845,7 @@ fn wgpu_qkv_rotary_append_kernel_matches_burn() {
             keys.slice_assign(range.clone(), rope.rotate(k)),
             values.slice_assign(range, v),
         ]
+        .map(|t| t.cast(FloatDType::F32))
     }
 
     let cpu = Default::default();
@@ -724,7 +866,8 @@ fn wgpu_qkv_rotary_append_kernel_matches_burn() {
                 capacity: usize,
                 start: usize,
                 bias: bool,
-                norm: bool| Case {
+                norm: bool,
+                scheme: Option<Quantization>| Case {
         x: normal(&[1, 1, hidden]),
         weights: [
             normal(&[hidden, heads * d]),
@@ -743,14 +886,29 @@ fn wgpu_qkv_rotary_append_kernel_matches_burn() {
         values: normal(&[1, kv_heads, capacity, d]),
         start,
         rope: [normal(&[1, 1, 1, d]), normal(&[1, 1, 1, d])],
+        scheme,
     };
     let cases = [
         // 0.5B's grouping (14 heads over 2), shrunk.
-        case(37, 4, 2, 64, 20, 11, true, true),
+        case(37, 4, 2, 64, 20, 11, true, true, None),
         // 7B's head size, one kv head, the last cache position.
-        case(96, 7, 1, 128, 8, 7, true, true),
+        case(96, 7, 1, 128, 8, 7, true, true, None),
         // Small heads, no grouping, no biases, no norm, the first position.
-        case(40, 2, 2, 16, 5, 0, false, false),
+        case(40, 2, 2, 16, 5, 0, false, false, None),
+        // The same three quantized: q8 and q4 in groups of 64, q4 in groups of 32.
+        case(128, 4, 2, 64, 20, 11, true, true, Some(Quantization::Q8)),
+        case(192, 7, 1, 128, 8, 7, true, true, Some(Quantization::Q4)),
+        case(
+            64,
+            2,
+            2,
+            16,
+            5,
+            0,
+            false,
+            false,
+            Some("q4g32".parse().unwrap()),
+        ),
     ];
     for (i, case) in cases.iter().enumerate() {
         let want = reference(case);
@@ -762,7 +920,7 @@ fn wgpu_qkv_rotary_append_kernel_matches_burn() {
                 for (j, (got, want)) in got.into_iter().zip(&want).enumerate() {
                     let err = rel_l2(Tensor::<Flex, 4>::from_data(got, &cpu), want.clone());
                     assert!(
-                        err <= 1e-5,
+                        err <= 1e-6,
                         "case {i} output {j} on {backend}: rel-L2 {err:.3e}"
                     );
                 }
@@ -782,6 +940,7 @@ fn wgpu_qkv_rotary_append_kernel_matches_burn() {
             values: case.values.clone(),
             start: case.start,
             rope: case.rope.clone(),
+            scheme: case.scheme,
         };
         let (got, _) = run::<Wgpu<f32>>(&moved, false);
         for (j, got) in got.into_iter().enumerate() {

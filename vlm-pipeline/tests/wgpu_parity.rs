@@ -142,3 +142,82 @@ fn wgpu_decode_attention_matches_burn() {
         );
     }
 }
+
+/// Decoding steps of a quantized Qwen2 (q8 and q4: every linear layer and the vocabulary table,
+/// so the ops layer's row kernels read the packed words) against the same quantized model on
+/// the CPU (flex's kernels, which hold to the dequantized product within 1e-6), for each
+/// fixture's head layout, through burn's fusion and on the bare CubeCL backend.
+#[test]
+fn wgpu_quantized_decoding_steps_match_flex() {
+    use burn::backend::Flex;
+    use burn::tensor::backend::Backend;
+    use vlm_kernels::{Activations, Quantization};
+
+    if !adapter(DType::F32) {
+        return;
+    }
+
+    /// Logits `[1, vocab]` of each of three steps after `prompt`.
+    fn steps<B: Backend>(
+        case: &Qwen2Case,
+        prompt: &[i64],
+        scheme: Quantization,
+    ) -> Vec<TensorData> {
+        let device = Default::default();
+        let mut model = Qwen2::<B>::load_quantized(
+            &case.config,
+            &names(Convention::Apple).unwrap(),
+            &mut |n| case.weights.get(n).cloned(),
+            &device,
+            Some(scheme),
+        )
+        .unwrap();
+        let layers = case.config.num_hidden_layers;
+        let tables = if case.config.tie_word_embeddings {
+            1
+        } else {
+            2
+        };
+        assert!(
+            model.set_activations(Activations::F32) >= 7 * layers + tables,
+            "every linear layer and vocabulary table quantized"
+        );
+        let mut cache = model.new_cache(1, prompt.len() + 3, &device).unwrap();
+        let embeds = model.embed(ids(prompt.to_vec(), 1));
+        model.forward_last(embeds, &mut cache).unwrap();
+        [prompt[3], prompt[1], prompt[4]]
+            .into_iter()
+            .map(|id| {
+                let embeds = model.embed(ids(vec![id], 1));
+                model.forward_last(embeds, &mut cache).unwrap().into_data()
+            })
+            .collect()
+    }
+
+    let cpu = Default::default();
+    let logits = |data: &TensorData| Tensor::<Flex, 2>::from_data(data.clone(), &cpu);
+    for name in common::QWEN2_CASES {
+        let case = qwen2_case(name);
+        let prompt: Vec<i64> = case.prompt.iter().copied().cycle().take(40).collect();
+        let mut by_scheme = Vec::new();
+        for scheme in [Quantization::Q8, Quantization::Q4] {
+            let want = steps::<Flex>(&case, &prompt, scheme);
+            for (backend, got) in [
+                ("fused", steps::<Wgpu<f32>>(&case, &prompt, scheme)),
+                ("bare", steps::<Bare>(&case, &prompt, scheme)),
+            ] {
+                for (i, (got, want)) in got.iter().zip(&want).enumerate() {
+                    let err = rel_l2(logits(got), logits(want));
+                    assert!(
+                        err <= 1e-5,
+                        "{name} {scheme} step {i} on {backend}: rel-L2 {err:.3e}"
+                    );
+                }
+            }
+            by_scheme.push(want);
+        }
+        // The schemes differ: the steps read the quantized weights, not a copy at f32.
+        let apart = rel_l2(logits(&by_scheme[0][0]), logits(&by_scheme[1][0]));
+        assert!(apart > 1e-4, "{name}: q8 and q4 agree to {apart:.3e}");
+    }
+}

@@ -8,8 +8,9 @@ use burn_cubecl::cubecl::prelude::*;
 use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 
-use super::{CubeKernel, float, run};
+use super::{CubeKernel, float, run, words};
 use crate::ops::RowNorm;
+use crate::quant::{Quantization, QuantizedMatrix};
 
 /// Output columns per cube: burn's `[in, out]` weights put columns next to each other, so the
 /// 16 threads of a column block read 32 contiguous bytes of bf16 per input row (a full memory
@@ -68,6 +69,53 @@ pub(crate) fn partial_dot<F: Float>(
         k += slices;
     }
     (a0 + a1) + (a2 + a3)
+}
+
+/// `Σ_k x[k]·w[row, k]` over this thread's words `slice, slice + slices, …` of a quantized
+/// row (`packed` `[out, in·bits/32]`, `scales`, `offsets` `[out, in/group_size]`, MLX's
+/// `w = scale·q + bias`): each value dequantized as the matrix's own dequantization rounds it
+/// (a GPU step is bound by reading the words; the arithmetic per value is free), so the sum
+/// differs from dequantize-then-product's only in its order. Consecutive threads read
+/// consecutive words of the row.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn quantized_partial_dot<F: Float>(
+    x: &Tensor<F>,
+    staged: &SharedMemory<f32>,
+    packed: &Tensor<u32>,
+    scales: &Tensor<F>,
+    offsets: &Tensor<F>,
+    row: usize,
+    slice: usize,
+    #[comptime] slices: usize,
+    #[comptime] norm: bool,
+    #[comptime] bits: usize,
+    #[comptime] group_size: usize,
+) -> f32 {
+    let per = comptime!(32 / bits);
+    let words_per_group = comptime!(group_size / (32 / bits));
+    let mask = comptime!(((1u64 << bits) - 1) as u32);
+    let words = packed.shape(1);
+    let word_row = row * packed.stride(0);
+    let word_step = packed.stride(1);
+    let scale_row = row * scales.stride(0);
+    let offset_row = row * offsets.stride(0);
+    let mut acc = f32::new(0.0);
+    let mut w = slice;
+    while w < words {
+        let word = packed[word_row + w * word_step];
+        let g = w / words_per_group;
+        let scale = f32::cast_from(scales[scale_row + g * scales.stride(1)]);
+        let offset = f32::cast_from(offsets[offset_row + g * offsets.stride(1)]);
+        #[unroll]
+        for j in 0..per {
+            let shift = u32::cast_from(j * bits);
+            let q = f32::cast_from((word >> shift) & mask);
+            acc += load_x::<F>(x, staged, w * per + j, norm) * (q * scale + offset);
+        }
+        w += slices;
+    }
+    acc
 }
 
 /// Sums each column's `slices` partial values (`value` from thread `(column, slice)`) into
@@ -235,25 +283,192 @@ fn gemv_kernel<F: Float>(
     }
 
     if slice == 0 && n < total {
-        let mut y = sums[column];
-        let g = gates[column];
-        if bias {
-            if n < n0 {
-                y += f32::cast_from(b0[n * b0.stride(0)]);
-            } else if n < n0 + n1 {
-                y += f32::cast_from(b1[(n - n0) * b1.stride(0)]);
-            } else {
-                y += f32::cast_from(b2[(n - n0 - n1) * b2.stride(0)]);
-            }
+        finish_row::<F>(
+            sums[column],
+            gates[column],
+            n,
+            n0,
+            n1,
+            b0,
+            b1,
+            b2,
+            residual,
+            output,
+            bias,
+            swiglu,
+            add_residual,
+        );
+    }
+}
+
+/// Output column `n` from its reduced dot product `y` (and SwiGLU's gate `g`): the bias of its
+/// projection (`n0`, `n1` the first two projections' widths), SwiGLU's product, the residual,
+/// rounded to `F` into `output`.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn finish_row<F: Float>(
+    y: f32,
+    g: f32,
+    n: usize,
+    n0: usize,
+    n1: usize,
+    b0: &Tensor<F>,
+    b1: &Tensor<F>,
+    b2: &Tensor<F>,
+    residual: &Tensor<F>,
+    output: &mut Tensor<F>,
+    #[comptime] bias: bool,
+    #[comptime] swiglu: bool,
+    #[comptime] add_residual: bool,
+) {
+    let mut y = y;
+    if bias {
+        if n < n0 {
+            y += f32::cast_from(b0[n * b0.stride(0)]);
+        } else if n < n0 + n1 {
+            y += f32::cast_from(b1[(n - n0) * b1.stride(0)]);
+        } else {
+            y += f32::cast_from(b2[(n - n0 - n1) * b2.stride(0)]);
         }
+    }
+    if swiglu {
+        // silu(g)·y, silu(g) = g·sigmoid(g).
+        y *= g / (1.0 + Exp::exp(-g));
+    }
+    if add_residual {
+        y += f32::cast_from(residual[n * residual.stride(2)]);
+    }
+    output[n] = F::cast_from(y);
+}
+
+/// [`gemv_kernel`] over quantized weights (`p*` packed words, `s*` scales, `o*` offsets, MLX's
+/// `[out, …]` layouts): thread `(column, slice)` takes words `slice, slice + slices, …` of its
+/// output's row (consecutive threads on consecutive words), the rest as there.
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn quantized_gemv_kernel<F: Float>(
+    x: &Tensor<F>,
+    p0: &Tensor<u32>,
+    s0: &Tensor<F>,
+    o0: &Tensor<F>,
+    p1: &Tensor<u32>,
+    s1: &Tensor<F>,
+    o1: &Tensor<F>,
+    p2: &Tensor<u32>,
+    s2: &Tensor<F>,
+    o2: &Tensor<F>,
+    b0: &Tensor<F>,
+    b1: &Tensor<F>,
+    b2: &Tensor<F>,
+    residual: &Tensor<F>,
+    norm_weight: &Tensor<F>,
+    output: &mut Tensor<F>,
+    eps: f32,
+    #[comptime] parts: usize,
+    #[comptime] bias: bool,
+    #[comptime] swiglu: bool,
+    #[comptime] add_residual: bool,
+    #[comptime] norm: bool,
+    #[comptime] staged_len: usize,
+    #[comptime] bits: usize,
+    #[comptime] group_size: usize,
+    #[comptime] columns: usize,
+    #[comptime] slices: usize,
+    #[comptime] levels: usize,
+    #[comptime] unit_levels: usize,
+    #[define(F)] _dtype: StorageType,
+) {
+    let column = UNIT_POS_Y as usize;
+    let slice = UNIT_POS_X as usize;
+    let n = CUBE_POS_X as usize * columns + column;
+    let total = output.shape(2);
+    let n0 = p0.shape(0);
+    let mut n1 = 0usize;
+    if parts > 1 {
+        n1 = p1.shape(0);
+    }
+
+    let mut sums = SharedMemory::<f32>::new(columns * slices);
+    let mut gates = SharedMemory::<f32>::new(columns * slices);
+    let mut staged = SharedMemory::<f32>::new(staged_len);
+    if norm {
+        stage_norm::<F>(
+            x,
+            norm_weight,
+            &mut staged,
+            &mut sums,
+            eps,
+            slice * columns + column,
+            columns * slices,
+            unit_levels,
+        );
+    }
+
+    let mut acc = f32::new(0.0);
+    let mut gate = f32::new(0.0);
+    if n < total {
         if swiglu {
-            // silu(g)·y, silu(g) = g·sigmoid(g).
-            y *= g / (1.0 + Exp::exp(-g));
+            gate = quantized_partial_dot::<F>(
+                x, &staged, p0, s0, o0, n, slice, slices, norm, bits, group_size,
+            );
+            acc = quantized_partial_dot::<F>(
+                x, &staged, p1, s1, o1, n, slice, slices, norm, bits, group_size,
+            );
+        } else if n < n0 {
+            acc = quantized_partial_dot::<F>(
+                x, &staged, p0, s0, o0, n, slice, slices, norm, bits, group_size,
+            );
+        } else if n < n0 + n1 {
+            acc = quantized_partial_dot::<F>(
+                x,
+                &staged,
+                p1,
+                s1,
+                o1,
+                n - n0,
+                slice,
+                slices,
+                norm,
+                bits,
+                group_size,
+            );
+        } else {
+            acc = quantized_partial_dot::<F>(
+                x,
+                &staged,
+                p2,
+                s2,
+                o2,
+                n - n0 - n1,
+                slice,
+                slices,
+                norm,
+                bits,
+                group_size,
+            );
         }
-        if add_residual {
-            y += f32::cast_from(residual[n * residual.stride(2)]);
-        }
-        output[n] = F::cast_from(y);
+    }
+    reduce_slices(&mut sums, acc, column, slice, columns, slices, levels);
+    if swiglu {
+        reduce_slices(&mut gates, gate, column, slice, columns, slices, levels);
+    }
+
+    if slice == 0 && n < total {
+        finish_row::<F>(
+            sums[column],
+            gates[column],
+            n,
+            n0,
+            n1,
+            b0,
+            b1,
+            b2,
+            residual,
+            output,
+            bias,
+            swiglu,
+            add_residual,
+        );
     }
 }
 
@@ -267,25 +482,110 @@ pub enum RowProjection {
     SwiGlu,
 }
 
+/// The weight matrices of a row kernel, all of one kind.
+pub enum RowWeights<'a, B: Backend> {
+    /// burn's `[in, out]`, any strides (a transposed `[out, in]` view too).
+    Dense(&'a [BurnTensor<B, 2>]),
+    /// `[out, in]` quantized, all by one scheme, read straight from their packed words.
+    Quantized(&'a [QuantizedMatrix<B>]),
+}
+
+impl<B: Backend> Clone for RowWeights<'_, B> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<B: Backend> Copy for RowWeights<'_, B> {}
+
+impl<B: Backend> RowWeights<'_, B> {
+    /// How many matrices.
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Dense(w) => w.len(),
+            Self::Quantized(q) => q.len(),
+        }
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Each matrix's `[in, out]`.
+    pub(crate) fn dims(&self) -> Vec<[usize; 2]> {
+        match self {
+            Self::Dense(w) => w.iter().map(|w| w.dims()).collect(),
+            Self::Quantized(q) => q.iter().map(|q| [q.cols(), q.rows()]).collect(),
+        }
+    }
+
+    /// The quantization scheme, for quantized weights.
+    pub(crate) fn scheme(&self) -> Option<Quantization> {
+        match self {
+            Self::Dense(_) => None,
+            Self::Quantized(q) => q.first().map(|q| q.scheme()),
+        }
+    }
+
+    /// Whether the kernels read them at float type `dtype`: dense weights of that dtype;
+    /// quantized ones of one scheme the kernels take, `u32` words `[out, in·bits/32]` and
+    /// scales and offsets of that dtype.
+    pub(crate) fn of_type(&self, dtype: DType) -> bool {
+        match self {
+            Self::Dense(w) => w.iter().all(|w| w.dtype() == dtype),
+            Self::Quantized(q) => q.iter().all(|q| {
+                let scheme = q.scheme();
+                let [rows, words] = q.packed.dims();
+                scheme.check().is_ok()
+                    && Some(scheme) == self.scheme()
+                    && q.packed.val().dtype() == DType::U32
+                    && rows == q.rows()
+                    && words * scheme.per_word() == q.cols()
+                    && q.biases.dims() == q.scales.dims()
+                    && q.scales.val().dtype() == dtype
+                    && q.biases.val().dtype() == dtype
+            }),
+        }
+    }
+
+    /// The kernel's inputs: each matrix, or each one's words, scales and offsets.
+    pub(crate) fn primitives(&self) -> Vec<B::FloatTensorPrimitive> {
+        match self {
+            Self::Dense(w) => w.iter().map(|w| float(w.clone())).collect(),
+            Self::Quantized(q) => q
+                .iter()
+                .flat_map(|q| {
+                    [
+                        words(q.packed.val()),
+                        float(q.scales.val()),
+                        float(q.biases.val()),
+                    ]
+                })
+                .collect(),
+        }
+    }
+}
+
 /// Longest input row a [`RowNorm`] takes: the cube stages the normalised row in shared memory
 /// (16 KiB of f32; Qwen2's hidden sizes are 896 to 3584).
 pub(crate) const MAX_NORMED: usize = 4096;
 
-/// One row `x` `[1, 1, in]` through linear layers with burn's `[in, out]` weights (any
-/// strides), in one launch, f32 accumulation: see [`RowProjection`]. With `norm`, `x` is
-/// normalised first; with `residual` `[1, 1, out]`, it is added to the result. Output
-/// `[1, 1, out]`, contiguous.
+/// One row `x` `[1, 1, in]` through linear layers (burn's `[in, out]` weights, any strides, or
+/// quantized `[out, in]` ones read from their packed words), in one launch, f32 accumulation:
+/// see [`RowProjection`]. With `norm`, `x` is normalised first; with `residual` `[1, 1, out]`,
+/// it is added to the result. Output `[1, 1, out]`, contiguous.
 ///
 /// A decoding step at batch 1 is a row times each weight matrix: burn 0.21 runs each projection
-/// as its own matmul, and the norm, the bias, SwiGLU's product and the residual as further
-/// launches.
+/// as its own matmul (a quantized one dequantized first), and the norm, the bias, SwiGLU's
+/// product and the residual as further launches.
 ///
 /// # Panics
 /// Unless [`super::available`] holds for `B` and `Kernel::Gemv`, and [`linear_row_fits`] for
 /// the tensors.
 pub fn linear_row<B: Backend>(
     x: BurnTensor<B, 3>,
-    weights: &[BurnTensor<B, 2>],
+    weights: RowWeights<'_, B>,
     biases: &[BurnTensor<B, 1>],
     projection: RowProjection,
     norm: Option<RowNorm<B>>,
@@ -300,9 +600,10 @@ pub fn linear_row<B: Backend>(
             norm.as_ref(),
             residual.as_ref()
         ),
-        "linear_row: x {:?}, weights {:?}, biases {:?}, {projection:?}",
+        "linear_row: x {:?}, weights {:?} ({:?}), biases {:?}, {projection:?}",
         x.dims(),
-        weights.iter().map(|w| w.dims()).collect::<Vec<_>>(),
+        weights.dims(),
+        weights.scheme(),
         biases.iter().map(|b| b.dims()).collect::<Vec<_>>(),
     );
     let kernel = Gemv {
@@ -311,22 +612,24 @@ pub fn linear_row<B: Backend>(
         swiglu: projection == RowProjection::SwiGlu,
         residual: residual.is_some(),
         eps: norm.as_ref().map(|n| n.eps),
+        scheme: weights.scheme(),
     };
     let mut inputs = vec![float(x)];
-    inputs.extend(weights.iter().map(|w| float(w.clone())));
+    inputs.extend(weights.primitives());
     inputs.extend(biases.iter().map(|b| float(b.clone())));
     inputs.extend(residual.map(float));
     inputs.extend(norm.map(|n| float(n.weight)));
     run(&kernel, inputs)
 }
 
-/// Whether [`linear_row`] takes these tensors: `x` `[1, 1, in]`; one to three weights `[in,
-/// out_i]` (exactly two for SwiGLU, of one width); biases `[out_i]` for every weight or none
-/// (none for SwiGLU); a norm weight `[in]` with `in` ≤ 4096; a residual `[1, 1, Σ out_i]`
-/// (SwiGLU: `[1, 1, out]`); one float type.
+/// Whether [`linear_row`] takes these tensors: `x` `[1, 1, in]`; one to three weights of `in`
+/// inputs and `out_i` outputs (exactly two for SwiGLU, of one width), read at `x`'s float type
+/// ([`RowWeights`]); biases `[out_i]` for every weight or none (none for SwiGLU); a norm weight
+/// `[in]` with `in` ≤ 4096; a residual `[1, 1, Σ out_i]` (SwiGLU: `[1, 1, out]`); one float
+/// type.
 pub fn linear_row_fits<B: Backend>(
     x: &BurnTensor<B, 3>,
-    weights: &[BurnTensor<B, 2>],
+    weights: RowWeights<'_, B>,
     biases: &[BurnTensor<B, 1>],
     projection: RowProjection,
     norm: Option<&RowNorm<B>>,
@@ -335,7 +638,8 @@ pub fn linear_row_fits<B: Backend>(
     let [b, n, d_in] = x.dims();
     let dtype = x.dtype();
     let float = matches!(dtype, DType::F32 | DType::F16 | DType::BF16);
-    let widths: Vec<usize> = weights.iter().map(|w| w.dims()[1]).collect();
+    let dims = weights.dims();
+    let widths: Vec<usize> = dims.iter().map(|d| d[1]).collect();
     let (shape_ok, out) = match (projection, widths.as_slice()) {
         (RowProjection::Concat, _) => ((1..=3).contains(&widths.len()), widths.iter().sum()),
         (RowProjection::SwiGlu, &[gate, up]) => (gate == up && biases.is_empty(), gate),
@@ -346,9 +650,8 @@ pub fn linear_row_fits<B: Backend>(
         && n == 1
         && shape_ok
         && out > 0
-        && weights
-            .iter()
-            .all(|w| w.dims()[0] == d_in && w.dtype() == dtype)
+        && dims.iter().all(|d| d[0] == d_in)
+        && weights.of_type(dtype)
         && (biases.is_empty()
             || (biases.len() == weights.len()
                 && biases
@@ -361,28 +664,33 @@ pub fn linear_row_fits<B: Backend>(
         && residual.is_none_or(|r| r.dims() == [1, 1, out] && r.dtype() == dtype)
 }
 
-/// The cube shape of the row kernels for a first weight `weight`.
+/// The cube shape of the row kernels.
 pub(crate) struct RowCube {
     /// Threads per output column: the most a cube may have (a power of two, at most 1024) over
     /// [`COLUMNS`].
     pub slices: usize,
-    /// Weights stored `[out, in]` (a transposed view: contiguous along the input axis), so the
-    /// threads go along the input axis.
+    /// Threads go along the input axis: weights stored `[out, in]` (a transposed view,
+    /// contiguous along the input axis, or quantized rows of words).
     pub k_major: bool,
     pub cube_dim: CubeDim,
 }
 
 impl RowCube {
+    /// For a first weight `weight`, read as it is laid out.
     pub fn of<R: CubeRuntime>(weight: &CubeTensor<R>) -> Self {
-        let units = weight
+        let strides = weight.meta.strides();
+        Self::new(weight, strides[0] == 1 && strides[1] != 1)
+    }
+
+    /// On `tensor`'s device, threads along the input axis (`k_major`) or the output axis.
+    pub fn new<R: CubeRuntime>(tensor: &CubeTensor<R>, k_major: bool) -> Self {
+        let units = tensor
             .client
             .properties()
             .hardware
             .max_units_per_cube
             .clamp(64, 1024) as usize;
         let slices = (1usize << units.ilog2()) / COLUMNS;
-        let strides = weight.meta.strides();
-        let k_major = strides[0] == 1 && strides[1] != 1;
         let cube_dim = if k_major {
             CubeDim::new_2d(slices as u32, COLUMNS as u32)
         } else {
@@ -396,7 +704,8 @@ impl RowCube {
     }
 }
 
-/// Inputs `[x, w…, b…, residual?, norm weight?]` as [`linear_row`] takes them.
+/// Inputs `[x, w…, b…, residual?, norm weight?]` as [`linear_row`] takes them, where a
+/// quantized `w` is three inputs (words, scales, offsets).
 #[derive(Debug, Clone, Copy)]
 struct Gemv {
     parts: usize,
@@ -405,15 +714,29 @@ struct Gemv {
     residual: bool,
     /// The norm's ε where the row is normalised first.
     eps: Option<f64>,
+    /// The weights' scheme where they are quantized.
+    scheme: Option<Quantization>,
 }
 
 impl Gemv {
+    /// Inputs per weight.
+    fn stride(&self) -> usize {
+        if self.scheme.is_some() { 3 } else { 1 }
+    }
+
     fn width(&self, inputs: &[Shape]) -> usize {
-        let weights = &inputs[1..1 + self.parts];
+        let stride = self.stride();
+        let widths = inputs[1..1 + self.parts * stride]
+            .iter()
+            .step_by(stride)
+            .map(|w| match self.scheme {
+                Some(_) => w.dims::<2>()[0],
+                None => w.dims::<2>()[1],
+            });
         if self.swiglu {
-            weights[0].dims::<2>()[1]
+            widths.take(1).sum()
         } else {
-            weights.iter().map(|w| w.dims::<2>()[1]).sum()
+            widths.sum()
         }
     }
 }
@@ -430,7 +753,8 @@ impl CubeKernel for Gemv {
         let width = self.width(&shapes);
         let mut inputs = inputs.into_iter();
         let x = inputs.next().expect("linear_row takes x");
-        let weights: Vec<CubeTensor<R>> = inputs.by_ref().take(self.parts).collect();
+        let weights: Vec<CubeTensor<R>> =
+            inputs.by_ref().take(self.parts * self.stride()).collect();
         let biases: Vec<CubeTensor<R>> = if self.bias {
             inputs.by_ref().take(self.parts).collect()
         } else {
@@ -438,9 +762,10 @@ impl CubeKernel for Gemv {
         };
         let residual = if self.residual { inputs.next() } else { None };
         let norm_weight = inputs.next();
-        // Absent operands are bound to `x`: the kernel's compile-time flags never read them.
-        let weight = |i: usize| weights.get(i).unwrap_or(&x).clone();
-        let bias = |i: usize| biases.get(i).unwrap_or(&x).clone();
+        // Absent operands are bound to `x` (to the first weight's words for absent words): the
+        // kernel's compile-time flags never read them.
+        let weight = |i: usize| weights.get(i).unwrap_or(&x).clone().into_tensor_arg();
+        let bias = |i: usize| biases.get(i).unwrap_or(&x).clone().into_tensor_arg();
         let output = empty_device_dtype(
             x.client.clone(),
             x.device.clone(),
@@ -451,43 +776,98 @@ impl CubeKernel for Gemv {
             slices,
             k_major,
             cube_dim,
-        } = RowCube::of(&weights[0]);
+        } = match self.scheme {
+            Some(_) => RowCube::new(&weights[0], true),
+            None => RowCube::of(&weights[0]),
+        };
         let dtype = output.dtype.into();
         let k_len = x.meta.shape()[2];
-        // SAFETY: `linear_row` checked the shapes (`linear_row_fits`): a thread reads weight
-        // rows below their `in` (the shape of x's last axis) and columns below their width, the
-        // bias and residual at its own output column, x and the norm weight below `in` (at most
-        // `MAX_NORMED`, the staging buffer's length), and writes only columns below the
-        // output's width.
-        unsafe {
-            gemv_kernel::launch_unchecked::<R>(
-                &output.client,
-                CubeCount::Static(width.div_ceil(COLUMNS) as u32, 1, 1),
-                cube_dim,
-                x.clone().into_tensor_arg(),
-                weight(0).into_tensor_arg(),
-                weight(1).into_tensor_arg(),
-                weight(2).into_tensor_arg(),
-                bias(0).into_tensor_arg(),
-                bias(1).into_tensor_arg(),
-                bias(2).into_tensor_arg(),
-                residual.unwrap_or_else(|| x.clone()).into_tensor_arg(),
-                norm_weight.unwrap_or_else(|| x.clone()).into_tensor_arg(),
-                output.clone().into_tensor_arg(),
-                self.eps.unwrap_or(0.0) as f32,
-                self.parts,
-                self.bias,
-                self.swiglu,
-                self.residual,
-                self.eps.is_some(),
-                if self.eps.is_some() { k_len } else { 1 },
-                k_major,
-                COLUMNS,
-                slices,
-                slices.trailing_zeros() as usize,
-                (COLUMNS * slices).trailing_zeros() as usize,
-                dtype,
-            )
+        let count = CubeCount::Static(width.div_ceil(COLUMNS) as u32, 1, 1);
+        let residual = residual.unwrap_or_else(|| x.clone()).into_tensor_arg();
+        let norm_weight = norm_weight.unwrap_or_else(|| x.clone()).into_tensor_arg();
+        let eps = self.eps.unwrap_or(0.0) as f32;
+        let staged_len = if self.eps.is_some() { k_len } else { 1 };
+        let levels = slices.trailing_zeros() as usize;
+        let unit_levels = (COLUMNS * slices).trailing_zeros() as usize;
+        match self.scheme {
+            // SAFETY: `linear_row` checked the shapes (`linear_row_fits`, `RowWeights::of_type`):
+            // a thread reads words below its row's `in·bits/32` and the scales and offsets of
+            // their groups, rows below each matrix's `out`, the bias and residual at its own
+            // output column, x and the norm weight below `in` (at most `MAX_NORMED`, the staging
+            // buffer's length), and writes only columns below the output's width.
+            Some(scheme) => unsafe {
+                let words = |i: usize| weights.get(i).unwrap_or(&weights[0]).clone();
+                quantized_gemv_kernel::launch_unchecked::<R>(
+                    &output.client,
+                    count,
+                    cube_dim,
+                    x.clone().into_tensor_arg(),
+                    words(0).into_tensor_arg(),
+                    weight(1),
+                    weight(2),
+                    words(3).into_tensor_arg(),
+                    weight(4),
+                    weight(5),
+                    words(6).into_tensor_arg(),
+                    weight(7),
+                    weight(8),
+                    bias(0),
+                    bias(1),
+                    bias(2),
+                    residual,
+                    norm_weight,
+                    output.clone().into_tensor_arg(),
+                    eps,
+                    self.parts,
+                    self.bias,
+                    self.swiglu,
+                    self.residual,
+                    self.eps.is_some(),
+                    staged_len,
+                    scheme.bits,
+                    scheme.group_size,
+                    COLUMNS,
+                    slices,
+                    levels,
+                    unit_levels,
+                    dtype,
+                )
+            },
+            // SAFETY: `linear_row` checked the shapes (`linear_row_fits`): a thread reads
+            // weight rows below their `in` (the shape of x's last axis) and columns below their
+            // width, the bias and residual at its own output column, x and the norm weight below
+            // `in` (at most `MAX_NORMED`, the staging buffer's length), and writes only columns
+            // below the output's width.
+            None => unsafe {
+                gemv_kernel::launch_unchecked::<R>(
+                    &output.client,
+                    count,
+                    cube_dim,
+                    x.clone().into_tensor_arg(),
+                    weight(0),
+                    weight(1),
+                    weight(2),
+                    bias(0),
+                    bias(1),
+                    bias(2),
+                    residual,
+                    norm_weight,
+                    output.clone().into_tensor_arg(),
+                    eps,
+                    self.parts,
+                    self.bias,
+                    self.swiglu,
+                    self.residual,
+                    self.eps.is_some(),
+                    staged_len,
+                    k_major,
+                    COLUMNS,
+                    slices,
+                    levels,
+                    unit_levels,
+                    dtype,
+                )
+            },
         };
         vec![output]
     }

@@ -15,7 +15,7 @@ mod rotary;
 
 pub use attention::{KvAttention, attention};
 pub use depthwise::depthwise_conv2d;
-pub use gemv::{RowProjection, linear_row, linear_row_fits};
+pub use gemv::{RowProjection, RowWeights, linear_row, linear_row_fits};
 pub use qkv_rotary::{qkv_rotary_append, qkv_rotary_append_fits};
 pub use rms_norm::{rms_norm, rms_norm_fits};
 pub use rotary::{rotary_append, rotary_append_fits};
@@ -23,7 +23,7 @@ pub use rotary::{rotary_append, rotary_append_fits};
 use std::fmt;
 use std::marker::PhantomData;
 
-use burn::tensor::{Shape, Tensor, TensorPrimitive, backend::Backend};
+use burn::tensor::{Int, Shape, Tensor, TensorPrimitive, backend::Backend};
 use burn_cubecl::fusion::FusionCubeRuntime;
 use burn_cubecl::{CubeBackend, CubeRuntime, tensor::CubeTensor};
 use burn_fusion::stream::{Operation, OperationStreams};
@@ -87,6 +87,12 @@ pub fn available<B: Backend>(kernel: Kernel) -> bool {
 /// `t`'s float primitive, as the kernels take it.
 pub(crate) fn float<B: Backend, const D: usize>(t: Tensor<B, D>) -> B::FloatTensorPrimitive {
     t.into_primitive().tensor()
+}
+
+/// An integer tensor (packed weights) as the kernels take their inputs: on the CubeCL backends
+/// int and float tensors are one type, a buffer that carries its dtype.
+pub(crate) fn words<B: Backend, const D: usize>(t: Tensor<B, D, Int>) -> B::FloatTensorPrimitive {
+    cast(t.into_primitive())
 }
 
 /// Runs `kernel` on `inputs`; its one output. Only on a [`cubecl_backend`].

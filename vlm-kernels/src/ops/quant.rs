@@ -7,7 +7,9 @@ use crate::quant::QuantizedMatrix;
 /// On flex at f32 straight from the packed words ([`crate::flex::quantized_matmul`]: no
 /// dequantized copy of the matrix), a decoding step's rows rounded to int8 first where the
 /// matrix says so ([`crate::quant::Activations::Int8`]); elsewhere the matrix is dequantized by
-/// burn's ops for the product.
+/// burn's ops for the product (a decoding step's rows on the CubeCL backends take the row ops,
+/// [`super::qkv_rotary_append`], [`super::norm_swiglu`], [`super::linear_residual`],
+/// [`super::norm_project`], whose kernels read the packed words).
 pub fn quantized_matmul<B: Backend, const D: usize>(
     x: Tensor<B, D>,
     w: &QuantizedMatrix<B>,

@@ -122,18 +122,19 @@ pub fn qkv_rotary_append<B: Backend>(
     let [batch, n, _] = x.dims();
     let linears = [q_proj, k_proj, v_proj];
     #[cfg(feature = "cubecl")]
-    if let (true, Some(q), Some(k), Some(v)) = (
-        super::runs::<B>(super::Kernel::QkvRotary),
-        q_proj.dense(),
-        k_proj.dense(),
-        v_proj.dense(),
-    ) {
-        let weights = [q, k, v];
+    if super::runs::<B>(super::Kernel::QkvRotary) {
+        use crate::cube::RowWeights;
+        let blocks = Blocks::of_linears(&linears);
+        let weights = match &blocks {
+            Blocks::Dense(w) => Some(RowWeights::Dense(w)),
+            Blocks::Quantized(q) => Some(RowWeights::Quantized(q)),
+            Blocks::Mixed => None,
+        };
         let biases = all_biases(&linears);
-        let fits = biases.as_ref().is_ok_and(|biases| {
-            crate::cube::qkv_rotary_append_fits(
+        if let (Some(weights), Ok(biases)) = (weights, biases)
+            && crate::cube::qkv_rotary_append_fits(
                 &x,
-                &weights,
+                weights,
                 biases.as_ref(),
                 Some(norm),
                 (&rope.cos, &rope.sin),
@@ -141,8 +142,7 @@ pub fn qkv_rotary_append<B: Backend>(
                 values,
                 start,
             )
-        });
-        if let (true, Ok(biases)) = (fits, biases) {
+        {
             return in_place(keys, values, |keys, values| {
                 crate::cube::qkv_rotary_append(
                     x,
@@ -238,20 +238,19 @@ pub fn norm_project<B: Backend>(
     norm: Option<&RowNorm<B>>,
     projection: &[Projection<B>],
 ) -> Tensor<B, 3> {
-    let dense: Option<Vec<Tensor<B, 2>>> = projection
-        .iter()
-        .map(|p| match p {
-            Projection::Dense(t) => Some(t.clone()),
-            Projection::Quantized(_) => None,
-        })
-        .collect();
     #[cfg(feature = "cubecl")]
-    if let (true, Some(blocks)) = (super::runs::<B>(super::Kernel::Gemv), dense.as_ref()) {
-        use crate::cube::{RowProjection, linear_row, linear_row_fits};
-        let groups: Vec<&[Tensor<B, 2>]> = blocks.chunks(3).collect();
-        let fits = groups
-            .iter()
-            .all(|group| linear_row_fits(&x, group, &[], RowProjection::Concat, norm, None));
+    if super::runs::<B>(super::Kernel::Gemv) {
+        use crate::cube::{RowProjection, RowWeights, linear_row, linear_row_fits};
+        let blocks = Blocks::of(projection);
+        let groups: Vec<RowWeights<'_, B>> = match &blocks {
+            Blocks::Dense(blocks) => blocks.chunks(3).map(RowWeights::Dense).collect(),
+            Blocks::Quantized(blocks) => blocks.chunks(3).map(RowWeights::Quantized).collect(),
+            Blocks::Mixed => Vec::new(),
+        };
+        let fits = !groups.is_empty()
+            && groups
+                .iter()
+                .all(|&group| linear_row_fits(&x, group, &[], RowProjection::Concat, norm, None));
         if fits {
             let mut parts: Vec<Tensor<B, 3>> = groups
                 .into_iter()
@@ -279,7 +278,6 @@ pub fn norm_project<B: Backend>(
     };
     let [b, n, h] = x.dims();
     let flat = x.reshape([b * n, h]);
-    let _ = dense;
     let mut parts: Vec<Tensor<B, 2>> = projection
         .iter()
         .map(|block| match block {
@@ -309,7 +307,7 @@ fn row<B: Backend>(
 ) -> Option<Tensor<B, 3>> {
     #[cfg(feature = "cubecl")]
     {
-        use crate::cube::{RowProjection, linear_row, linear_row_fits};
+        use crate::cube::{RowProjection, RowWeights, linear_row, linear_row_fits};
         if !super::runs::<B>(super::Kernel::Gemv) {
             return None;
         }
@@ -318,20 +316,23 @@ fn row<B: Backend>(
         } else {
             RowProjection::Concat
         };
-        // Quantized weights go through `Linear::forward`.
-        let weights: Vec<Tensor<B, 2>> =
-            linears.iter().map(|l| l.dense()).collect::<Option<_>>()?;
+        let blocks = Blocks::of_linears(linears);
+        let weights = match &blocks {
+            Blocks::Dense(w) => RowWeights::Dense(w),
+            Blocks::Quantized(q) => RowWeights::Quantized(q),
+            Blocks::Mixed => return None,
+        };
         // Biases on all of them or none (a mix, or biases on SwiGLU, fail the fit).
         let biases: Vec<Tensor<B, 1>> = linears
             .iter()
             .filter_map(|l| l.bias.as_ref().map(|b| b.val()))
             .collect();
-        if !linear_row_fits(x, &weights, &biases, projection, norm, residual) {
+        if !linear_row_fits(x, weights, &biases, projection, norm, residual) {
             return None;
         }
         Some(linear_row(
             x.clone(),
-            &weights,
+            weights,
             &biases,
             projection,
             norm.cloned(),
@@ -340,6 +341,47 @@ fn row<B: Backend>(
     }
     #[cfg(not(feature = "cubecl"))]
     None
+}
+
+/// Weight matrices of one row kernel, all of one kind.
+#[cfg(feature = "cubecl")]
+enum Blocks<B: Backend> {
+    Dense(Vec<Tensor<B, 2>>),
+    Quantized(Vec<QuantizedMatrix<B>>),
+    /// Some of each: no kernel takes them together.
+    Mixed,
+}
+
+#[cfg(feature = "cubecl")]
+impl<B: Backend> Blocks<B> {
+    fn of(projection: &[Projection<B>]) -> Self {
+        Self::sort(projection.iter().map(|p| match p {
+            Projection::Dense(t) => (Some(t.clone()), None),
+            Projection::Quantized(q) => (None, Some(q.clone())),
+        }))
+    }
+
+    /// `[in, out]` dense weights, or `[out, in]` quantized ones.
+    fn of_linears(linears: &[&Linear<B>]) -> Self {
+        Self::sort(
+            linears
+                .iter()
+                .map(|l| (l.dense(), l.quantized_weight().cloned())),
+        )
+    }
+
+    fn sort(
+        weights: impl Iterator<Item = (Option<Tensor<B, 2>>, Option<QuantizedMatrix<B>>)>,
+    ) -> Self {
+        let (dense, quantized): (Vec<_>, Vec<_>) = weights.unzip();
+        if let Some(dense) = dense.into_iter().collect::<Option<Vec<_>>>() {
+            Self::Dense(dense)
+        } else if let Some(quantized) = quantized.into_iter().collect::<Option<Vec<_>>>() {
+            Self::Quantized(quantized)
+        } else {
+            Self::Mixed
+        }
+    }
 }
 
 /// The biases of all three projections, `None` when none has one; `Err` for a mix.
