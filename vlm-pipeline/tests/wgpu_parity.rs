@@ -150,48 +150,10 @@ fn wgpu_decode_attention_matches_burn() {
 #[test]
 fn wgpu_quantized_decoding_steps_match_flex() {
     use burn::backend::Flex;
-    use burn::tensor::backend::Backend;
-    use vlm_kernels::{Activations, Quantization};
+    use vlm_kernels::Quantization;
 
     if !adapter(DType::F32) {
         return;
-    }
-
-    /// Logits `[1, vocab]` of each of three steps after `prompt`.
-    fn steps<B: Backend>(
-        case: &Qwen2Case,
-        prompt: &[i64],
-        scheme: Quantization,
-    ) -> Vec<TensorData> {
-        let device = Default::default();
-        let mut model = Qwen2::<B>::load_quantized(
-            &case.config,
-            &names(Convention::Apple).unwrap(),
-            &mut |n| case.weights.get(n).cloned(),
-            &device,
-            Some(scheme),
-        )
-        .unwrap();
-        let layers = case.config.num_hidden_layers;
-        let tables = if case.config.tie_word_embeddings {
-            1
-        } else {
-            2
-        };
-        assert!(
-            model.set_activations(Activations::F32) >= 7 * layers + tables,
-            "every linear layer and vocabulary table quantized"
-        );
-        let mut cache = model.new_cache(1, prompt.len() + 3, &device).unwrap();
-        let embeds = model.embed(ids(prompt.to_vec(), 1));
-        model.forward_last(embeds, &mut cache).unwrap();
-        [prompt[3], prompt[1], prompt[4]]
-            .into_iter()
-            .map(|id| {
-                let embeds = model.embed(ids(vec![id], 1));
-                model.forward_last(embeds, &mut cache).unwrap().into_data()
-            })
-            .collect()
     }
 
     let cpu = Default::default();
@@ -201,10 +163,13 @@ fn wgpu_quantized_decoding_steps_match_flex() {
         let prompt: Vec<i64> = case.prompt.iter().copied().cycle().take(40).collect();
         let mut by_scheme = Vec::new();
         for scheme in [Quantization::Q8, Quantization::Q4] {
-            let want = steps::<Flex>(&case, &prompt, scheme);
+            let want = quantized_steps::<Flex>(&case, &prompt, scheme);
             for (backend, got) in [
-                ("fused", steps::<Wgpu<f32>>(&case, &prompt, scheme)),
-                ("bare", steps::<Bare>(&case, &prompt, scheme)),
+                (
+                    "fused",
+                    quantized_steps::<Wgpu<f32>>(&case, &prompt, scheme),
+                ),
+                ("bare", quantized_steps::<Bare>(&case, &prompt, scheme)),
             ] {
                 for (i, (got, want)) in got.iter().zip(&want).enumerate() {
                     let err = rel_l2(logits(got), logits(want));

@@ -255,3 +255,49 @@ pub fn e2e<B: Backend>(tol: f64, what: &str, ids_equal: bool) {
         assert!(!out.token_ids.is_empty());
     }
 }
+
+/// Logits `[1, vocab]` of three decoding steps after `prompt` through `case`'s model with every
+/// linear layer and vocabulary table quantized by `scheme` (checked: the decoding-step kernels
+/// then read packed words).
+pub fn quantized_steps<B: Backend>(
+    case: &Qwen2Case,
+    prompt: &[i64],
+    scheme: vlm_kernels::Quantization,
+) -> Vec<TensorData> {
+    let device = Default::default();
+    let mut model = Qwen2::<B>::load_quantized(
+        &case.config,
+        &qwen2_names(),
+        &mut |n| case.weights.get(n).cloned(),
+        &device,
+        Some(scheme),
+    )
+    .unwrap();
+    let layers = case.config.num_hidden_layers;
+    let tables = if case.config.tie_word_embeddings {
+        1
+    } else {
+        2
+    };
+    assert_eq!(
+        model.set_activations(vlm_kernels::Activations::F32),
+        7 * layers + tables,
+        "every linear layer and vocabulary table quantized"
+    );
+    let embeds = model.embed(ids(prompt.to_vec(), 1));
+    let q = model.layers[0].self_attn.q_proj.quantized_weight().unwrap();
+    assert_eq!(
+        q.scales.val().dtype(),
+        embeds.dtype(),
+        "scales and offsets at the compute precision, as the row kernels read them"
+    );
+    let mut cache = model.new_cache(1, prompt.len() + 3, &device).unwrap();
+    model.forward_last(embeds, &mut cache).unwrap();
+    [prompt[3], prompt[1], prompt[4]]
+        .into_iter()
+        .map(|id| {
+            let embeds = model.embed(ids(vec![id], 1));
+            model.forward_last(embeds, &mut cache).unwrap().into_data()
+        })
+        .collect()
+}
