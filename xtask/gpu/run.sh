@@ -14,12 +14,12 @@
 #                          run's own comes back as OUT/kernels.tar.xz where it packs to ≤ 15 MiB
 #
 # Priority: where the time goes (ours, bf16), the 0.5B pipeline beside PyTorch, correctness of
-# CUDA bf16 against the CPU f32 outputs, the 7B-shaped decode beside PyTorch, the remaining
-# correctness combos, f32 and torch.compile figures. Everything lands in six files under OUT
-# (the device tool brings back at most eight): run.log, bench.jsonl (one JSON line per figure,
-# ours and PyTorch), device-check.md (the correctness table), details.tar.gz (raw outputs),
-# anchor.jsonl (transformers' FastVLM end to end, where the bundle has the shared anchor) and
-# kernels.tar.xz (the kernel cache).
+# CUDA bf16 against the CPU f32 outputs, the 7B-shaped decode beside PyTorch, the quantized
+# (q8, q4) decode, the remaining correctness combos, f32 and torch.compile figures. Everything
+# lands in six files under OUT (the device tool brings back at most eight): run.log,
+# bench.jsonl (one JSON line per figure, ours and PyTorch), device-check.md (the correctness
+# table), details.tar.gz (raw outputs), anchor.jsonl (transformers' FastVLM end to end, where
+# the bundle has the shared anchor) and kernels.tar.xz (the kernel cache).
 set -uo pipefail
 START=$(date +%s)
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -164,6 +164,12 @@ if [ -z "${SKIP_BENCH:-}" ]; then
   step "ours launches bf16, burn's ops" 60 ours_burn launches --backend cuda --dtype bf16 --res 1024
   step "ours decode 7b bf16" 120 ours decode --shape 7b --backend cuda --dtype bf16 --iters 3 --tokens 64
   step "torch decode 7b bf16" 60 torch_ref decode --shape 7b --dtype bf16 --iters 3 --tokens 64
+  # Quantized weights: the decoding step's row kernels reading packed words (lines tagged
+  # "quant": "q8" / "q4"), beside the bf16 lines above.
+  step "ours decode quantized bf16" 120 bash -c '
+    ours decode --shape 0.5b --backend cuda --dtype bf16 --iters 3 --tokens 64 --quant q8
+    ours decode --shape 0.5b --backend cuda --dtype bf16 --iters 3 --tokens 64 --quant q4
+    ours decode --shape 7b --backend cuda --dtype bf16 --iters 3 --tokens 64 --quant q4'
 fi
 for combo in $rest; do check "$combo"; done
 "$PY" "$HERE/python/device_report.py" --cpu "$HERE/cpu" --out "$WORK" --combos "$COMBOS" \
