@@ -258,7 +258,7 @@ impl<B: Backend> Qwen2<B> {
         embeds: Tensor<B, 3>,
         cache: &mut KvCache<B>,
     ) -> Result<Tensor<B, 3>, DecodeError> {
-        Ok(self.norm.forward(self.layers_forward(embeds, cache)?))
+        ops::forward_pass::<B, _>(|| Ok(self.norm.forward(self.layers_forward(embeds, cache)?)))
     }
 
     /// The layers over `embeds` `[batch, n, hidden]`, before the final norm: one position of
@@ -306,7 +306,7 @@ impl<B: Backend> Qwen2<B> {
 
     /// Hidden states `[batch, n, hidden]` → logits `[batch, n, vocab]`.
     pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
-        ops::norm_project(hidden, None, &self.head())
+        ops::forward_pass::<B, _>(|| ops::norm_project(hidden, None, &self.head()))
     }
 
     /// Logits `[batch, n, vocab]` for every position of `embeds` `[batch, n, hidden]`.
@@ -334,12 +334,14 @@ impl<B: Backend> Qwen2<B> {
         embeds: Tensor<B, 3>,
         cache: &mut KvCache<B>,
     ) -> Result<Tensor<B, 2>, DecodeError> {
-        let x = self.layers_forward(embeds, cache)?;
-        let [b, n, _] = x.dims();
-        // The norm is per position: the last one's alone is the same row.
-        let last = x.narrow(1, n - 1, 1);
-        let logits = ops::norm_project(last, Some(&self.norm.row()), &self.head());
-        let vocab = logits.dims()[2];
-        Ok(logits.reshape([b, vocab]))
+        ops::forward_pass::<B, _>(|| {
+            let x = self.layers_forward(embeds, cache)?;
+            let [b, n, _] = x.dims();
+            // The norm is per position: the last one's alone is the same row.
+            let last = x.narrow(1, n - 1, 1);
+            let logits = ops::norm_project(last, Some(&self.norm.row()), &self.head());
+            let vocab = logits.dims()[2];
+            Ok(logits.reshape([b, vocab]))
+        })
     }
 }

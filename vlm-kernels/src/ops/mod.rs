@@ -81,6 +81,20 @@ impl Kernel {
     }
 }
 
+/// Runs `pass` (a model's forward pass: a sequence of this module's ops) as one unit of work on
+/// `B`. On flex all of `pass` runs on a thread of the CPU pool, so each parallel op inside forks
+/// and joins from a pool thread whose partners steal its halves; called from elsewhere, each
+/// op would inject itself into the pool and put the caller to sleep until it ends, two futex
+/// round trips per op (a decoding step has over a hundred). On other backends `pass` runs as it
+/// is.
+pub fn forward_pass<B: Backend, R: Send>(pass: impl FnOnce() -> R + Send) -> R {
+    #[cfg(feature = "flex")]
+    if crate::flex::on_flex::<B>() {
+        return rayon::scope(|_| pass());
+    }
+    pass()
+}
+
 /// Whether `kernel` runs on `B`: its tensors are CubeCL tensors of a runtime this crate was
 /// built for (features `wgpu`, `cuda`) and `FASTVLM_CUBECL_KERNELS` leaves the kernel on.
 pub fn runs<B: Backend>(kernel: Kernel) -> bool {
