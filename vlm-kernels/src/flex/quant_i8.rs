@@ -46,6 +46,14 @@ enum Order {
     Split(usize),
 }
 
+/// `v` (|v| < 2²²) rounded to the nearest integer, ties to even, as `_mm256_round_ps` rounds
+/// llama.cpp's activations: adding and taking away 1.5·2²³ leaves no fraction bits (plain
+/// arithmetic, so the loop around it vectorises, where `f32::round` is a libm call per value).
+fn nearest(v: f32) -> f32 {
+    const SHIFT: f32 = 12_582_912.0;
+    (v + SHIFT) - SHIFT
+}
+
 /// `x` `[cols]` rounded per block of [`BLOCK`] and laid out for a kernel over `scheme`.
 fn round(x: &[f32], scheme: Quantization, order: Order) -> Rounded {
     let per = scheme.per_word();
@@ -57,7 +65,7 @@ fn round(x: &[f32], scheme: Quantization, order: Order) -> Rounded {
         let d = amax / 127.0;
         let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
         for (q, &v) in q.iter_mut().zip(block) {
-            *q = (v * inv).round().clamp(-127.0, 127.0) as i8;
+            *q = nearest(v * inv).clamp(-127.0, 127.0) as i8;
         }
         scales.push(d);
     }
@@ -577,6 +585,30 @@ mod tests {
                     "q{bits}g{group_size} {order:?}: {got} vs {want}"
                 );
             }
+        }
+    }
+
+    /// `nearest` is `round_ties_even` over the activations' range (ties included).
+    #[test]
+    fn nearest_rounds_ties_to_even() {
+        for v in [
+            -127.5f32,
+            -2.5,
+            -0.5,
+            0.5,
+            1.5,
+            2.5,
+            126.5,
+            0.499_999_97,
+            -3.7,
+            100.2,
+        ] {
+            assert_eq!(nearest(v), v.round_ties_even(), "{v}");
+        }
+        let mut next = noise(3);
+        for _ in 0..100_000 {
+            let v = next() * 130.0;
+            assert_eq!(nearest(v), v.round_ties_even(), "{v}");
         }
     }
 
