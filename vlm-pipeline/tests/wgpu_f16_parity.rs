@@ -53,8 +53,8 @@ fn wgpu_f16_quantized_decoding_steps() {
     for name in common::QWEN2_CASES {
         let case = common::qwen2_case(name);
         let prompt: Vec<i64> = case.prompt.iter().copied().cycle().take(40).collect();
-        let want = quantized_steps::<Flex>(&case, &prompt, Quantization::Q4);
-        let got = quantized_steps::<Wgpu<f16>>(&case, &prompt, Quantization::Q4);
+        let want = decoding_steps::<Flex>(&case, &prompt, Some(Quantization::Q4));
+        let got = decoding_steps::<Wgpu<f16>>(&case, &prompt, Some(Quantization::Q4));
         for (i, (got, want)) in got.iter().zip(&want).enumerate() {
             assert_eq!(got.dtype, DType::F16, "{name}: logits at f16");
             let err = common::rel_l2(logits(&got.clone().convert::<f32>()), logits(want));

@@ -78,7 +78,6 @@ fn wgpu_f32_batch2_decoding_step() {
 #[test]
 fn wgpu_decode_attention_matches_burn() {
     use burn::backend::Flex;
-    use burn::tensor::backend::Backend;
     use vlm_kernels::ops::uses_cubecl_kernels;
 
     if !adapter(DType::F32) {
@@ -87,35 +86,13 @@ fn wgpu_decode_attention_matches_burn() {
     assert!(uses_cubecl_kernels::<Wgpu<f32>>() && uses_cubecl_kernels::<Bare>());
     assert!(!uses_cubecl_kernels::<Flex>());
 
-    /// Logits `[1, vocab]` of each of three steps after `prompt`.
-    fn steps<B: Backend>(case: &Qwen2Case, prompt: &[i64]) -> Vec<TensorData> {
-        let device = Default::default();
-        let model = Qwen2::<B>::load(
-            &case.config,
-            &names(Convention::Apple).unwrap(),
-            &mut |n| case.weights.get(n).cloned(),
-            &device,
-        )
-        .unwrap();
-        let mut cache = model.new_cache(1, prompt.len() + 3, &device).unwrap();
-        let embeds = model.embed(ids(prompt.to_vec(), 1));
-        model.forward_last(embeds, &mut cache).unwrap();
-        [prompt[3], prompt[1], prompt[4]]
-            .into_iter()
-            .map(|id| {
-                let embeds = model.embed(ids(vec![id], 1));
-                model.forward_last(embeds, &mut cache).unwrap().into_data()
-            })
-            .collect()
-    }
-
     for name in common::QWEN2_CASES {
         let case = qwen2_case(name);
         let prompt: Vec<i64> = case.prompt.iter().copied().cycle().take(300).collect();
-        let want = steps::<Flex>(&case, &prompt);
+        let want = decoding_steps::<Flex>(&case, &prompt, None);
         for (backend, got) in [
-            ("fused", steps::<Wgpu<f32>>(&case, &prompt)),
-            ("bare", steps::<Bare>(&case, &prompt)),
+            ("fused", decoding_steps::<Wgpu<f32>>(&case, &prompt, None)),
+            ("bare", decoding_steps::<Bare>(&case, &prompt, None)),
         ] {
             for (i, (got, want)) in got.into_iter().zip(&want).enumerate() {
                 let cpu = Default::default();
@@ -130,7 +107,7 @@ fn wgpu_decode_attention_matches_burn() {
             }
         }
         // The steps depend on what is cached: another prompt, other logits.
-        let other = steps::<Wgpu<f32>>(&case, &reversed(&prompt));
+        let other = decoding_steps::<Wgpu<f32>>(&case, &reversed(&prompt), None);
         let cpu = Default::default();
         let moved = rel_l2(
             Tensor::<Flex, 2>::from_data(other[0].clone(), &cpu),
@@ -163,13 +140,13 @@ fn wgpu_quantized_decoding_steps_match_flex() {
         let prompt: Vec<i64> = case.prompt.iter().copied().cycle().take(40).collect();
         let mut by_scheme = Vec::new();
         for scheme in [Quantization::Q8, Quantization::Q4] {
-            let want = quantized_steps::<Flex>(&case, &prompt, scheme);
+            let want = decoding_steps::<Flex>(&case, &prompt, Some(scheme));
             for (backend, got) in [
                 (
                     "fused",
-                    quantized_steps::<Wgpu<f32>>(&case, &prompt, scheme),
+                    decoding_steps::<Wgpu<f32>>(&case, &prompt, Some(scheme)),
                 ),
-                ("bare", quantized_steps::<Bare>(&case, &prompt, scheme)),
+                ("bare", decoding_steps::<Bare>(&case, &prompt, Some(scheme))),
             ] {
                 for (i, (got, want)) in got.iter().zip(&want).enumerate() {
                     let err = rel_l2(logits(got), logits(want));

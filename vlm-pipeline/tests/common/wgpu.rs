@@ -256,13 +256,13 @@ pub fn e2e<B: Backend>(tol: f64, what: &str, ids_equal: bool) {
     }
 }
 
-/// Logits `[1, vocab]` of three decoding steps after `prompt` through `case`'s model with every
-/// linear layer and vocabulary table quantized by `scheme` (checked: the decoding-step kernels
-/// then read packed words).
-pub fn quantized_steps<B: Backend>(
+/// Logits `[1, vocab]` of three decoding steps after `prompt` through `case`'s model, with every
+/// linear layer and vocabulary table quantized where `scheme` says (checked: the decoding-step
+/// kernels then read packed words).
+pub fn decoding_steps<B: Backend>(
     case: &Qwen2Case,
     prompt: &[i64],
-    scheme: vlm_kernels::Quantization,
+    scheme: Option<vlm_kernels::Quantization>,
 ) -> Vec<TensorData> {
     let device = Default::default();
     let mut model = Qwen2::<B>::load_quantized(
@@ -270,27 +270,29 @@ pub fn quantized_steps<B: Backend>(
         &qwen2_names(),
         &mut |n| case.weights.get(n).cloned(),
         &device,
-        Some(scheme),
+        scheme,
     )
     .unwrap();
-    let layers = case.config.num_hidden_layers;
-    let tables = if case.config.tie_word_embeddings {
-        1
-    } else {
-        2
-    };
-    assert_eq!(
-        model.set_activations(vlm_kernels::Activations::F32),
-        7 * layers + tables,
-        "every linear layer and vocabulary table quantized"
-    );
     let embeds = model.embed(ids(prompt.to_vec(), 1));
-    let q = model.layers[0].self_attn.q_proj.quantized_weight().unwrap();
-    assert_eq!(
-        q.scales.val().dtype(),
-        embeds.dtype(),
-        "scales and offsets at the compute precision, as the row kernels read them"
-    );
+    if scheme.is_some() {
+        let layers = case.config.num_hidden_layers;
+        let tables = if case.config.tie_word_embeddings {
+            1
+        } else {
+            2
+        };
+        assert_eq!(
+            model.set_activations(vlm_kernels::Activations::F32),
+            7 * layers + tables,
+            "every linear layer and vocabulary table quantized"
+        );
+        let q = model.layers[0].self_attn.q_proj.quantized_weight().unwrap();
+        assert_eq!(
+            q.scales.val().dtype(),
+            embeds.dtype(),
+            "scales and offsets at the compute precision, as the row kernels read them"
+        );
+    }
     let mut cache = model.new_cache(1, prompt.len() + 3, &device).unwrap();
     model.forward_last(embeds, &mut cache).unwrap();
     [prompt[3], prompt[1], prompt[4]]
