@@ -118,28 +118,42 @@ fn matvec(w: &Weights<'_>, x: &[f32], m: usize, out: &mut [f32]) {
     let sums: Vec<f32> = x.chunks_exact(gs).map(|g| g.iter().sum::<f32>()).collect();
     let (dot, order) = pick_dot(w.scheme, cols);
     let lanes = arrange(order, x);
-    let dst = SharedMut(out.as_mut_ptr());
-    let blocks = rows.div_ceil(ROW_BLOCK);
-    (0..blocks).into_par_iter().for_each(|block| {
-        let start = block * ROW_BLOCK;
-        for r in start..(start + ROW_BLOCK).min(rows) {
-            let (words, scales, biases) = w.row(r);
-            for i in 0..m {
-                let row = Row {
-                    words,
-                    scales,
-                    biases,
-                    x: &lanes[i * cols..(i + 1) * cols],
-                    sums: &sums[i * groups..(i + 1) * groups],
-                    group_size: gs,
-                };
-                let value = dot(&row);
-                // SAFETY: element (i, r) is written by the task that owns row r only; `out`
-                // outlives the parallel loop.
-                unsafe { *dst.get().add(i * rows + r) = value };
-            }
-        }
+    each_output(rows, m, out, |r, i| {
+        let (words, scales, biases) = w.row(r);
+        dot(&Row {
+            words,
+            scales,
+            biases,
+            x: &lanes[i * cols..(i + 1) * cols],
+            sums: &sums[i * groups..(i + 1) * groups],
+            group_size: gs,
+        })
     });
+}
+
+/// `out[i·rows + r] = value(r, i)` for every output row `r < rows` and input row `i < m`: the
+/// output rows in parallel blocks of [`ROW_BLOCK`], each block's rows in order (a task streams
+/// consecutive packed rows).
+pub(super) fn each_output(
+    rows: usize,
+    m: usize,
+    out: &mut [f32],
+    value: impl Fn(usize, usize) -> f32 + Sync,
+) {
+    assert_eq!(out.len(), m * rows, "each_output: an output for every pair");
+    let dst = SharedMut(out.as_mut_ptr());
+    (0..rows.div_ceil(ROW_BLOCK))
+        .into_par_iter()
+        .for_each(|block| {
+            let start = block * ROW_BLOCK;
+            for r in start..(start + ROW_BLOCK).min(rows) {
+                for i in 0..m {
+                    // SAFETY: element (i, r) is written by the task that owns row r only, inside
+                    // `out` (its length checked above), which outlives the parallel loop.
+                    unsafe { *dst.get().add(i * rows + r) = value(r, i) };
+                }
+            }
+        });
 }
 
 /// One packed row against one input row (in the kernel's [`Order`]).

@@ -13,10 +13,7 @@
 //! sums of `x` stay exact f32: only the rounding of `x` in the first term departs from the
 //! exact product.
 
-use rayon::prelude::*;
-
-use super::SharedMut;
-use super::quant::{ROW_BLOCK, Weights};
+use super::quant::{Weights, each_output};
 use crate::quant::Quantization;
 
 /// Inputs per int8 scale.
@@ -202,30 +199,20 @@ pub(super) fn matvec(w: &Weights<'_>, x: &[f32], m: usize, out: &mut [f32]) {
         .take(m)
         .map(|x| round(x, w.scheme, order))
         .collect();
-    let dst = SharedMut(out.as_mut_ptr());
-    let blocks = rows.div_ceil(ROW_BLOCK);
-    (0..blocks).into_par_iter().for_each(|block| {
-        let start = block * ROW_BLOCK;
-        for r in start..(start + ROW_BLOCK).min(rows) {
-            let (words, scales, biases) = w.row(r);
-            for (i, input) in inputs.iter().enumerate() {
-                let row = Row {
-                    words,
-                    scales,
-                    biases,
-                    q: &input.q,
-                    d: &input.d,
-                    corr: &input.corr,
-                    sums: &input.sums,
-                    group_size: gs,
-                    lanes: &lanes,
-                };
-                let value = dot(&row);
-                // SAFETY: element (i, r) is written by the task that owns row r only; `out`
-                // outlives the parallel loop.
-                unsafe { *dst.get().add(i * rows + r) = value };
-            }
-        }
+    each_output(rows, m, out, |r, i| {
+        let (words, scales, biases) = w.row(r);
+        let input = &inputs[i];
+        dot(&Row {
+            words,
+            scales,
+            biases,
+            q: &input.q,
+            d: &input.d,
+            corr: &input.corr,
+            sums: &input.sums,
+            group_size: gs,
+            lanes: &lanes,
+        })
     });
 }
 
