@@ -1,4 +1,5 @@
-//! Scaled dot-product attention on flex, parallel over heads and blocks of queries.
+//! Scaled dot-product attention on flex, parallel over heads and blocks of queries (over kv
+//! heads, each with its group of query heads, for a single query).
 //!
 //! flex 0.21's attention walks the `(batch, head)` pairs one after another on one thread, its
 //! matrix products are told not to spread either, and its softmax calls libm's `expf` per
@@ -10,11 +11,11 @@
 
 use std::cell::RefCell;
 
-use burn::backend::flex::{FlexTensor, Layout};
+use burn::backend::flex::Layout;
 use burn::tensor::{DType, Tensor, backend::Backend};
 use rayon::prelude::*;
 
-use super::{Matrix, SharedMut, flex, math, on_flex, output_laid_out, product};
+use super::{Matrix, Operand, SharedMut, flex, math, on_flex, output_laid_out, product};
 
 /// Queries per task: their scores against up to a few thousand keys stay in L2.
 const QUERY_BLOCK: usize = 64;
@@ -69,105 +70,88 @@ pub fn attention<B: Backend>(
     let out_ptr = SharedMut(out.as_mut_ptr());
     let row_stride = heads * dv;
 
-    (0..batch * heads * blocks)
-        .into_par_iter()
-        .for_each(|task| {
-            let block = task % blocks;
-            let head = (task / blocks) % heads;
-            let b = task / (blocks * heads);
-            let kv_head = head / group;
-            let first = block * QUERY_BLOCK;
-            let rows = QUERY_BLOCK.min(n - first);
-            // Keys the block's last query sees; earlier rows mask the rest of theirs.
-            let keys = if causal { first + rows + m - n } else { m };
-            SCORES.with_borrow_mut(|scores| {
-                scores.resize(rows * keys, 0.0);
-                let q = q.at([b, head, first, 0]);
-                let k = k.at([b, kv_head, 0, 0]);
-                let v = v.at([b, kv_head, 0, 0]);
-                // SAFETY: `rows × d` of q from `first` and `keys × d` of k lie inside their
-                // tensors (`first + rows ≤ n`, `keys ≤ m`), read through the tensors' own strides;
-                // `scores` holds `rows × keys`.
-                unsafe {
-                    let dst = scores.as_mut_ptr();
-                    product([rows, keys, d], dst, keys, q, k.transposed(), scale, None);
+    // One query per head (a decoding step): each task takes a kv head's group of query heads
+    // as the rows of one product, so that its keys and values are read once per group rather
+    // than once per query head.
+    let stacked = n == 1;
+    let tasks = match stacked {
+        true => batch * kv_heads,
+        false => batch * heads * blocks,
+    };
+    (0..tasks).into_par_iter().for_each(|task| {
+        // The task's first query head and position, its rows, and the step between them in q
+        // and in the output.
+        let (b, head, first, rows, q_step, out_step) = match stacked {
+            true => (
+                task / kv_heads,
+                (task % kv_heads) * group,
+                0,
+                group,
+                q.strides[1],
+                dv,
+            ),
+            false => (
+                task / (blocks * heads),
+                (task / blocks) % heads,
+                (task % blocks) * QUERY_BLOCK,
+                QUERY_BLOCK.min(n - (task % blocks) * QUERY_BLOCK),
+                q.strides[2],
+                row_stride,
+            ),
+        };
+        let kv_head = head / group;
+        // The position of row `i`'s query.
+        let query = |i: usize| if stacked { first } else { first + i };
+        // Keys the task's last query sees; earlier rows mask the rest of theirs.
+        let keys = if causal {
+            query(rows - 1) + 1 + m - n
+        } else {
+            m
+        };
+        SCORES.with_borrow_mut(|scores| {
+            scores.resize(rows * keys, 0.0);
+            let q = Matrix {
+                row: q_step,
+                ..q.at([b, head, first, 0])
+            };
+            let k = k.at([b, kv_head, 0, 0]);
+            let v = v.at([b, kv_head, 0, 0]);
+            // SAFETY: the task's `rows × d` of q (positions `first..first + rows` of one head,
+            // or one position of the group's heads) and `keys × d` of k lie inside their
+            // tensors (`keys ≤ m`), read through the tensors' own strides; `scores` holds
+            // `rows × keys`.
+            unsafe {
+                let dst = scores.as_mut_ptr();
+                product([rows, keys, d], dst, keys, q, k.transposed(), scale, None);
+            }
+            let inverse_sums: Vec<f32> = scores
+                .chunks_exact_mut(keys)
+                .enumerate()
+                .map(|(i, row)| {
+                    let visible = if causal { query(i) + 1 + m - n } else { m };
+                    math::softmax_row(row, visible)
+                })
+                .collect();
+            // SAFETY: this task alone writes its rows (`out_step` apart, `dv` each: positions
+            // `first..first + rows` of head `head`, or the group's heads at one position) of
+            // batch `b` in the `batch · n · heads · dv` output; v's `keys × dv` lie inside v.
+            unsafe {
+                let dst = out_ptr.get().add((b * n + first) * row_stride + head * dv);
+                let weights = Matrix::rows(scores.as_ptr(), keys);
+                product([rows, dv, keys], dst, out_step, weights, v, 1.0, None);
+                for (i, inverse) in inverse_sums.into_iter().enumerate() {
+                    let row = std::slice::from_raw_parts_mut(dst.add(i * out_step), dv);
+                    row.iter_mut().for_each(|x| *x *= inverse);
                 }
-                let inverse_sums: Vec<f32> = scores
-                    .chunks_exact_mut(keys)
-                    .enumerate()
-                    .map(|(i, row)| {
-                        let visible = if causal { first + i + 1 + m - n } else { m };
-                        math::softmax_row(row, visible)
-                    })
-                    .collect();
-                // SAFETY: this task alone writes rows `first..first + rows` of head `head` in
-                // batch `b` (`row_stride` apart, `dv` each) of the `batch · n · heads · dv` output;
-                // v's `keys × dv` lie inside v.
-                unsafe {
-                    let dst = out_ptr.get().add((b * n + first) * row_stride + head * dv);
-                    let weights = Matrix::rows(scores.as_ptr(), keys);
-                    product([rows, dv, keys], dst, row_stride, weights, v, 1.0, None);
-                    for (i, inverse) in inverse_sums.into_iter().enumerate() {
-                        let row = std::slice::from_raw_parts_mut(dst.add(i * row_stride), dv);
-                        row.iter_mut().for_each(|x| *x *= inverse);
-                    }
-                }
-            });
+            }
         });
+    });
 
     let shape = burn::tensor::Shape::from(vec![batch, heads, n, dv]);
     let strides = [n * row_stride, dv, row_stride, 1]
         .map(|s| s as isize)
         .to_vec();
     Ok(output_laid_out(out, Layout::new(shape, strides, 0)))
-}
-
-/// An input's first element and strides, read in place.
-struct Operand {
-    /// Keeps the data alive (and `ptr` valid) while the tasks read it.
-    _tensor: FlexTensor,
-    ptr: *const f32,
-    strides: [isize; 4],
-}
-
-// SAFETY: the tasks only read through `ptr`, which `_tensor` keeps alive.
-unsafe impl Send for Operand {}
-unsafe impl Sync for Operand {}
-
-impl Operand {
-    /// Negative strides (flipped views) are made contiguous first: `gemm` walks any sign, but
-    /// the offsets below are computed for the non-negative case.
-    fn of(t: FlexTensor) -> Self {
-        let t = if t.layout().strides().iter().all(|&s| s >= 0) {
-            t
-        } else {
-            t.to_contiguous()
-        };
-        let layout = t.layout();
-        let strides: [isize; 4] = layout.strides().try_into().expect("a 4-d tensor");
-        let ptr = t.storage::<f32>()[layout.start_offset()..].as_ptr();
-        Self {
-            _tensor: t,
-            ptr,
-            strides,
-        }
-    }
-
-    /// The matrix over the last two axes at `index` (its first element): rows along axis 2,
-    /// columns along axis 3.
-    fn at(&self, index: [usize; 4]) -> Matrix {
-        let offset: isize = index
-            .iter()
-            .zip(self.strides)
-            .map(|(&i, s)| i as isize * s)
-            .sum();
-        Matrix {
-            // SAFETY: callers pass indices inside the tensor's shape.
-            ptr: unsafe { self.ptr.offset(offset) },
-            row: self.strides[2],
-            col: self.strides[3],
-        }
-    }
 }
 
 #[cfg(test)]
@@ -278,6 +262,30 @@ mod tests {
                     n == 1 || apart > 0.01,
                     "the mask changed nothing (n {n}, m {m})"
                 );
+            }
+        }
+    }
+
+    /// A decoding step (one query per head), where each task takes a kv head's whole group of
+    /// query heads: batch 2, groups of 7 (Qwen2-0.5B) and 1, q a head-split view of a
+    /// projection, and the heads in reverse order (a negative-stride view).
+    #[test]
+    fn one_query_per_head_matches_burn() {
+        for (b, h, kvh, d, m) in [(2, 14, 2, 64, 45), (2, 3, 3, 16, 9), (1, 7, 1, 8, 1)] {
+            let projected = random([b, 1, (h + 1) * d], 1.0);
+            let q = projected
+                .narrow(2, d, h * d)
+                .reshape([b, 1, h, d])
+                .swap_dims(1, 2);
+            let (k, v) = (random([b, kvh, m, d], 1.0), random([b, kvh, m, d], 1.0));
+            for causal in [false, true] {
+                let got = run(q.clone(), k.clone(), v.clone(), causal);
+                let want = reference(q.clone(), k.clone(), v.clone(), causal);
+                assert!(rel_l2(got.clone(), want) < 1e-6, "h {h}, kvh {kvh}, m {m}");
+                let swapped = q.clone().flip([1]);
+                let flipped = run(swapped.clone(), k.clone(), v.clone(), causal);
+                let want = reference(swapped, k.clone(), v.clone(), causal);
+                assert!(rel_l2(flipped, want) < 1e-6);
             }
         }
     }

@@ -11,7 +11,8 @@
 //! [`depthwise_conv2d`] (flex: one output pixel at a time), [`conv2d_patches`] (the stem's
 //! dense convolution from 3 channels) and [`pointwise_mlp`] (ConvFFN without its wide map in
 //! memory), each split into tasks over rayon's threads that call the `gemm` crate (flex's own
-//! matrix product) single-threaded on strided blocks.
+//! matrix product) single-threaded on strided blocks. [`rotary_append`] rotates and writes
+//! the KV cache in place (flex 0.21's `slice_assign` copies the whole cache per write).
 //!
 //! Each op takes f32 tensors and hands its inputs back (`Err`) on another backend, dtype or
 //! shape, so that its caller in [`crate::ops`] goes on with burn's ops.
@@ -23,12 +24,14 @@ mod math;
 mod mlp;
 mod quant;
 mod quant_i8;
+mod rotary;
 
 pub use attention::attention;
 pub use conv::{DenseConv, conv2d_patches};
 pub use depthwise::depthwise_conv2d;
 pub use mlp::{PointwiseMlp, pointwise_mlp};
 pub use quant::{MATVEC_ROWS, quantized_matmul};
+pub use rotary::rotary_append;
 
 use burn::backend::flex::{FlexTensor, Layout};
 use burn::tensor::{DType, Tensor, TensorPrimitive, backend::Backend};
@@ -138,6 +141,54 @@ impl Matrix {
             ptr,
             row: row as isize,
             col: 1,
+        }
+    }
+}
+
+/// An input's first element and strides, read in place.
+struct Operand {
+    /// Keeps the data alive (and `ptr` valid) while the tasks read it.
+    _tensor: FlexTensor,
+    ptr: *const f32,
+    strides: [isize; 4],
+}
+
+// SAFETY: the tasks only read through `ptr`, which `_tensor` keeps alive.
+unsafe impl Send for Operand {}
+unsafe impl Sync for Operand {}
+
+impl Operand {
+    /// Negative strides (flipped views) are made contiguous first: `gemm` walks any sign, but
+    /// the offsets below are computed for the non-negative case.
+    fn of(t: FlexTensor) -> Self {
+        let t = if t.layout().strides().iter().all(|&s| s >= 0) {
+            t
+        } else {
+            t.to_contiguous()
+        };
+        let layout = t.layout();
+        let strides: [isize; 4] = layout.strides().try_into().expect("a 4-d tensor");
+        let ptr = t.storage::<f32>()[layout.start_offset()..].as_ptr();
+        Self {
+            _tensor: t,
+            ptr,
+            strides,
+        }
+    }
+
+    /// The matrix over the last two axes at `index` (its first element): rows along axis 2,
+    /// columns along axis 3.
+    fn at(&self, index: [usize; 4]) -> Matrix {
+        let offset: isize = index
+            .iter()
+            .zip(self.strides)
+            .map(|(&i, s)| i as isize * s)
+            .sum();
+        Matrix {
+            // SAFETY: callers pass indices inside the tensor's shape.
+            ptr: unsafe { self.ptr.offset(offset) },
+            row: self.strides[2],
+            col: self.strides[3],
         }
     }
 }

@@ -38,7 +38,8 @@ impl<B: Backend> Rope<B> {
 /// buffers `keys`, `values` `[batch, kv_heads, capacity, d]` at `start`, in place where nothing
 /// else holds the buffers. Returns the rotated queries.
 ///
-/// On the CubeCL backends one launch (two rotations and two slice assignments in burn's ops).
+/// On the CubeCL backends one launch, on flex at f32 one pass writing the cache in place (two
+/// rotations and two slice assignments in burn's ops).
 ///
 /// # Panics
 /// When `start + n` exceeds the buffers' capacity (the caller checks the cache's room first).
@@ -68,6 +69,12 @@ pub fn rotary_append<B: Backend>(
             )
         });
     }
+    #[cfg(feature = "flex")]
+    let (q, k, v) =
+        match crate::flex::rotary_append(q, k, v, &rope.cos, &rope.sin, keys, values, start) {
+            Ok(q) => return q,
+            Err(inputs) => inputs,
+        };
     let q = rope.rotate(q);
     let k = rope.rotate(k);
     let [b, h, n, d] = k.dims();
