@@ -114,7 +114,7 @@ fn device_dequantization_equals_the_host() {
     }
 }
 
-fn random(shape: [usize; 2], std: f64) -> Tensor<Flex, 2> {
+fn random<const D: usize>(shape: [usize; D], std: f64) -> Tensor<Flex, D> {
     Tensor::random(shape, Distribution::Normal(0.0, std), &Default::default())
 }
 
@@ -208,6 +208,87 @@ fn flex_int8_activations_stay_near_the_exact_product() {
             }
         }
     }
+}
+
+/// Several matrices side by side in one pass (`flex::quantized_rows`: a layer's q, k, v with
+/// biases, or gate and up without) equal each matrix's own product plus its bias bit for bit,
+/// with f32 and int8 activations, for one row and a few; mixed schemes or activations, and more
+/// than a few rows, are handed back.
+#[test]
+fn flex_stacked_products_equal_each_product() {
+    use vlm_kernels::flex::{MATVEC_ROWS, quantized_rows};
+    let device = Default::default();
+    for (bits, group) in [(4, 64), (8, 64), (4, 32)] {
+        let scheme = Quantization {
+            bits,
+            group_size: group,
+        };
+        let cols = 896;
+        for activations in [Activations::F32, Activations::Int8] {
+            let make = |rows: usize| {
+                let w = random([rows, cols], 0.05)
+                    .into_data()
+                    .into_vec::<f32>()
+                    .unwrap();
+                let host = quantize(&w, rows, cols, scheme, ScaleType::F32);
+                QuantizedMatrix::<Flex>::upload(&host, &device).with_activations(activations)
+            };
+            let matrices = [make(896), make(128), make(96)];
+            let biases = [
+                Some(random([896], 1.0)),
+                Some(random([128], 1.0)),
+                Some(random([96], 1.0)),
+            ];
+            for (with_bias, m) in [(true, 1), (false, 1), (true, MATVEC_ROWS)] {
+                let x = random([1, m, cols], 1.0);
+                let parts: Vec<_> = matrices
+                    .iter()
+                    .zip(&biases)
+                    .map(|(w, b)| (w, b.clone().filter(|_| with_bias)))
+                    .collect();
+                let got = quantized_rows(x.clone(), &parts).expect("flex f32");
+                assert_eq!(got.dims(), [1, m, 896 + 128 + 96]);
+                let want = Tensor::cat(
+                    parts
+                        .iter()
+                        .map(|(w, b)| {
+                            let y = quantized_matmul(x.clone(), w);
+                            match b {
+                                Some(b) => y + b.clone().unsqueeze::<3>(),
+                                None => y,
+                            }
+                        })
+                        .collect(),
+                    2,
+                );
+                got.into_data().assert_eq(&want.into_data(), true);
+            }
+            let x = random([1, MATVEC_ROWS + 1, cols], 1.0);
+            let two: Vec<_> = matrices[..2].iter().map(|w| (w, None)).collect();
+            assert!(quantized_rows(x, &two).is_err(), "a prefill stacks nothing");
+        }
+        let x = random([1, 1, 896], 1.0);
+        let f32s = make_one(scheme, Activations::F32);
+        let int8 = make_one(scheme, Activations::Int8);
+        let other = make_one(
+            Quantization {
+                bits: 12 - bits,
+                group_size: group,
+            },
+            Activations::F32,
+        );
+        assert!(quantized_rows(x.clone(), &[(&f32s, None), (&int8, None)]).is_err());
+        assert!(quantized_rows(x, &[(&f32s, None), (&other, None)]).is_err());
+    }
+}
+
+fn make_one(scheme: Quantization, activations: Activations) -> QuantizedMatrix<Flex> {
+    let w = random([64, 896], 0.05)
+        .into_data()
+        .into_vec::<f32>()
+        .unwrap();
+    let host = quantize(&w, 64, 896, scheme, ScaleType::F32);
+    QuantizedMatrix::<Flex>::upload(&host, &Default::default()).with_activations(activations)
 }
 
 /// MLX's layout (`.weight` uint32, `.scales`, `.biases`) loads as a quantized linear layer

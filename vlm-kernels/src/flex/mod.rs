@@ -30,7 +30,7 @@ pub use attention::attention;
 pub use conv::{DenseConv, conv2d_patches};
 pub use depthwise::depthwise_conv2d;
 pub use mlp::{PointwiseMlp, pointwise_mlp};
-pub use quant::{MATVEC_ROWS, quantized_matmul};
+pub use quant::{MATVEC_ROWS, quantized_matmul, quantized_rows};
 pub use rotary::rotary_append;
 
 use burn::backend::flex::{FlexTensor, Layout};

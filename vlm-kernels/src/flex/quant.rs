@@ -45,46 +45,94 @@ pub fn quantized_matmul<B: Backend, const D: usize>(
     x: Tensor<B, D>,
     w: &QuantizedMatrix<B>,
 ) -> Result<Tensor<B, D>, Tensor<B, D>> {
-    let scheme = w.scheme();
-    let (rows, cols) = (w.rows(), w.cols());
+    quantized_rows(x, &[(w, None)])
+}
+
+/// `x · [W₁ | W₂ | …]ᵀ + [b₁ | b₂ | …]` for `x` `[…, cols]` (f32) and quantized matrices
+/// `Wₖ` `[rowsₖ, cols]` of one scheme, each with an optional bias `bₖ` `[rowsₖ]`, on flex →
+/// `[…, Σ rowsₖ]`, the matrices' outputs side by side.
+///
+/// For a few input rows (up to [`MATVEC_ROWS`]: a decoding step) all the matrices' rows are one
+/// parallel pass over one rounding of the input (a layer's q, k and v, or SwiGLU's gate and
+/// up); more input rows take one matrix at a time. `x` back (`Err`) on another backend, dtype
+/// or shape, for matrices of different schemes, widths or activations, and for more than one
+/// matrix over more than [`MATVEC_ROWS`] input rows.
+#[allow(clippy::type_complexity)]
+pub fn quantized_rows<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    parts: &[(&QuantizedMatrix<B>, Option<Tensor<B, 1>>)],
+) -> Result<Tensor<B, D>, Tensor<B, D>> {
+    let Some((first, _)) = parts.first() else {
+        return Err(x);
+    };
+    let (scheme, cols, activations) = (first.scheme(), first.cols(), first.activations);
     let dims = x.dims();
-    let f32s =
-        x.dtype() == DType::F32 && w.scales.dtype() == DType::F32 && w.biases.dtype() == DType::F32;
-    let words = w.packed.val();
-    let packed_ok = words.dtype() == DType::U32 && words.dims() == [rows, cols / scheme.per_word()];
+    let m: usize = dims[..D - 1].iter().product();
+    let fits = |(w, bias): &(&QuantizedMatrix<B>, Option<Tensor<B, 1>>)| {
+        let words = w.packed.val();
+        w.scheme() == scheme
+            && w.cols() == cols
+            && w.activations == activations
+            && w.scales.dtype() == DType::F32
+            && w.biases.dtype() == DType::F32
+            && words.dtype() == DType::U32
+            && words.dims() == [w.rows(), cols / scheme.per_word()]
+            && bias
+                .as_ref()
+                .is_none_or(|b| b.dtype() == DType::F32 && b.dims() == [w.rows()])
+    };
     if !on_flex::<B>()
         || !is::<B::IntTensorPrimitive, FlexTensor>()
-        || !f32s
-        || !packed_ok
-        || scheme.check().is_err()
+        || x.dtype() != DType::F32
         || dims[D - 1] != cols
+        || scheme.check().is_err()
+        || !parts.iter().all(fits)
+        || (parts.len() > 1 && m > MATVEC_ROWS)
     {
         return Err(x);
     }
-    let m: usize = dims[..D - 1].iter().product();
     let x = contiguous(flex(x));
-    let packed = contiguous(cast::<_, FlexTensor>(words.into_primitive()));
-    let scales = contiguous(flex(w.scales.val()));
-    let biases = contiguous(flex(w.biases.val()));
+    // The host arrays of each matrix, alive while the kernels read them.
+    let arrays: Vec<(FlexTensor, FlexTensor, FlexTensor, Option<FlexTensor>)> = parts
+        .iter()
+        .map(|(w, bias)| {
+            (
+                contiguous(cast::<_, FlexTensor>(w.packed.val().into_primitive())),
+                contiguous(flex(w.scales.val())),
+                contiguous(flex(w.biases.val())),
+                bias.clone().map(|b| contiguous(flex(b))),
+            )
+        })
+        .collect();
     let groups = cols / scheme.group_size;
-    let weights = Weights {
-        scheme,
-        cols,
-        packed: &packed.storage::<u32>()[..rows * cols / scheme.per_word()],
-        scales: &scales.storage::<f32>()[..rows * groups],
-        biases: &biases.storage::<f32>()[..rows * groups],
-    };
+    let weights: Vec<Weights<'_>> = parts
+        .iter()
+        .zip(&arrays)
+        .map(|((w, _), (packed, scales, biases, bias))| {
+            let rows = w.rows();
+            Weights {
+                scheme,
+                cols,
+                rows,
+                packed: &packed.storage::<u32>()[..rows * cols / scheme.per_word()],
+                scales: &scales.storage::<f32>()[..rows * groups],
+                biases: &biases.storage::<f32>()[..rows * groups],
+                bias: bias.as_ref().map(|b| &b.storage::<f32>()[..rows]),
+            }
+        })
+        .collect();
+    let total: usize = weights.iter().map(|w| w.rows).sum();
     let input = &x.storage::<f32>()[..m * cols];
-    let mut out = vec![0.0f32; m * rows];
-    if m <= MATVEC_ROWS && w.activations == Activations::Int8 {
+    let mut out = vec![0.0f32; m * total];
+    if m <= MATVEC_ROWS && activations == Activations::Int8 {
         super::quant_i8::matvec(&weights, input, m, &mut out);
     } else if m <= MATVEC_ROWS {
         matvec(&weights, input, m, &mut out);
     } else {
-        tiled(&weights, input, m, &mut out);
+        tiled(&weights[0], input, m, &mut out);
     }
     let mut shape = dims;
-    shape[D - 1] = rows;
+    shape[D - 1] = total;
     Ok(output(out, shape))
 }
 
@@ -92,42 +140,69 @@ pub fn quantized_matmul<B: Backend, const D: usize>(
 pub(super) struct Weights<'a> {
     pub scheme: Quantization,
     pub cols: usize,
+    pub rows: usize,
     pub packed: &'a [u32],
     pub scales: &'a [f32],
     pub biases: &'a [f32],
+    /// Added to the products, `[rows]`.
+    pub bias: Option<&'a [f32]>,
 }
 
 impl Weights<'_> {
-    pub fn row(&self, r: usize) -> (&[u32], &[f32], &[f32]) {
+    /// `n` rows from `r` on: their packed words, scales and biases.
+    pub fn rows(&self, r: usize, n: usize) -> (&[u32], &[f32], &[f32]) {
         let words = self.cols / self.scheme.per_word();
         let groups = self.cols / self.scheme.group_size;
         (
-            &self.packed[r * words..(r + 1) * words],
-            &self.scales[r * groups..(r + 1) * groups],
-            &self.biases[r * groups..(r + 1) * groups],
+            &self.packed[r * words..(r + n) * words],
+            &self.scales[r * groups..(r + n) * groups],
+            &self.biases[r * groups..(r + n) * groups],
         )
+    }
+
+    /// `product` of row `r` plus its bias.
+    pub fn biased(&self, r: usize, product: f32) -> f32 {
+        match self.bias {
+            Some(bias) => product + bias[r],
+            None => product,
+        }
     }
 }
 
-/// `out[i, r] = Σⱼ W[r, j]·x[i, j]` row by row, for a few input rows.
-fn matvec(w: &Weights<'_>, x: &[f32], m: usize, out: &mut [f32]) {
-    let (cols, gs) = (w.cols, w.scheme.group_size);
+/// The matrix of `parts` that output row `r` of their stack falls in, and its row there.
+pub(super) fn locate<'p, 'a>(parts: &'p [Weights<'a>], mut r: usize) -> (&'p Weights<'a>, usize) {
+    for w in parts {
+        if r < w.rows {
+            return (w, r);
+        }
+        r -= w.rows;
+    }
+    panic!("locate: row past the stack");
+}
+
+/// `out[i, r] = Σⱼ W[r, j]·x[i, j] (+ bias[r])` row by row, for a few input rows, over the
+/// rows of `parts` one after another (one scheme and width).
+fn matvec(parts: &[Weights<'_>], x: &[f32], m: usize, out: &mut [f32]) {
+    let (scheme, cols) = (parts[0].scheme, parts[0].cols);
+    let gs = scheme.group_size;
     let groups = cols / gs;
-    let rows = w.scales.len() / groups;
+    let rows = parts.iter().map(|w| w.rows).sum();
     // Σ xⱼ per group and input row, for the biases; the inputs in the kernels' lane order.
     let sums: Vec<f32> = x.chunks_exact(gs).map(|g| g.iter().sum::<f32>()).collect();
-    let (dot, order) = pick_dot(w.scheme, cols);
+    let (dot, order) = pick_dot(scheme, cols);
     let lanes = arrange(order, x);
     each_output(rows, m, out, |r, i| {
-        let (words, scales, biases) = w.row(r);
-        dot(&Row {
+        let (w, r) = locate(parts, r);
+        let (words, scales, biases) = w.rows(r, 1);
+        let product = dot(&Row {
             words,
             scales,
             biases,
             x: &lanes[i * cols..(i + 1) * cols],
             sums: &sums[i * groups..(i + 1) * groups],
             group_size: gs,
-        })
+        });
+        w.biased(r, product)
     });
 }
 
@@ -207,9 +282,7 @@ fn by_nibble(x: &[f32], words: usize) -> Vec<f32> {
 /// The same product through tiles of dequantized rows and `gemm`.
 fn tiled(w: &Weights<'_>, x: &[f32], m: usize, out: &mut [f32]) {
     let cols = w.cols;
-    let groups = cols / w.scheme.group_size;
-    let words = cols / w.scheme.per_word();
-    let rows = w.scales.len() / groups;
+    let rows = w.rows;
     // A tile of about 256 KiB (within L2; larger ones measured no faster), a multiple of 16
     // rows.
     let tile_rows = ((256 * 1024 / 4 / cols) / 16 * 16).clamp(16, 256);
@@ -220,13 +293,8 @@ fn tiled(w: &Weights<'_>, x: &[f32], m: usize, out: &mut [f32]) {
         let n = tile_rows.min(rows - start);
         TILE.with_borrow_mut(|tile| {
             tile.resize(n * cols, 0.0);
-            dequantize_tile(
-                w.scheme,
-                &w.packed[start * words..(start + n) * words],
-                &w.scales[start * groups..(start + n) * groups],
-                &w.biases[start * groups..(start + n) * groups],
-                tile,
-            );
+            let (packed, scales, biases) = w.rows(start, n);
+            dequantize_tile(w.scheme, packed, scales, biases, tile);
             // SAFETY: columns start..start + n of every output row belong to this task; the
             // operands are the live slices above (x: m × cols, the tile: n × cols read as its
             // transpose).
@@ -243,6 +311,13 @@ fn tiled(w: &Weights<'_>, x: &[f32], m: usize, out: &mut [f32]) {
             }
         });
     });
+    if w.bias.is_some() {
+        for row in out.chunks_exact_mut(rows) {
+            for (r, y) in row.iter_mut().enumerate() {
+                *y = w.biased(r, *y);
+            }
+        }
+    }
 }
 
 /// [`dequantize_rows`] with AVX2 where the CPU has it (the same two roundings per value:

@@ -13,7 +13,7 @@
 //! sums of `x` stay exact f32: only the rounding of `x` in the first term departs from the
 //! exact product.
 
-use super::quant::{Weights, each_output};
+use super::quant::{Weights, each_output, locate};
 use crate::quant::Quantization;
 
 /// Inputs per int8 scale.
@@ -187,22 +187,24 @@ fn dots(scheme: Quantization, cols: usize) -> Vec<Kernel> {
     kernels
 }
 
-/// `out[i, r] = Σⱼ W[r, j]·x[i, j]` with each input row rounded to int8 first.
-pub(super) fn matvec(w: &Weights<'_>, x: &[f32], m: usize, out: &mut [f32]) {
-    let (cols, gs) = (w.cols, w.scheme.group_size);
-    let groups = cols / gs;
-    let rows = w.scales.len() / groups;
-    let (dot, order, chunk) = dots(w.scheme, cols)[0];
-    let lanes = Lanes::new(w.scheme.per_word(), gs, chunk);
+/// `out[i, r] = Σⱼ W[r, j]·x[i, j] (+ bias[r])` with each input row rounded to int8 once for
+/// the rows of all of `parts` (one scheme and width), one after another.
+pub(super) fn matvec(parts: &[Weights<'_>], x: &[f32], m: usize, out: &mut [f32]) {
+    let (scheme, cols) = (parts[0].scheme, parts[0].cols);
+    let gs = scheme.group_size;
+    let rows = parts.iter().map(|w| w.rows).sum();
+    let (dot, order, chunk) = dots(scheme, cols)[0];
+    let lanes = Lanes::new(scheme.per_word(), gs, chunk);
     let inputs: Vec<Rounded> = x
         .chunks_exact(cols)
         .take(m)
-        .map(|x| round(x, w.scheme, order))
+        .map(|x| round(x, scheme, order))
         .collect();
     each_output(rows, m, out, |r, i| {
-        let (words, scales, biases) = w.row(r);
+        let (w, r) = locate(parts, r);
         let input = &inputs[i];
-        dot(&Row {
+        let (words, scales, biases) = w.rows(r, 1);
+        let product = dot(&Row {
             words,
             scales,
             biases,
@@ -212,7 +214,8 @@ pub(super) fn matvec(w: &Weights<'_>, x: &[f32], m: usize, out: &mut [f32]) {
             sums: &input.sums,
             group_size: gs,
             lanes: &lanes,
-        })
+        });
+        w.biased(r, product)
     });
 }
 

@@ -304,7 +304,13 @@ pub fn norm_project<B: Backend>(
 /// `linears` over one row `x` `[1, 1, in]` in one launch (normalised first with `norm`, plus
 /// `residual`; side by side, or SwiGLU's product when `swiglu`) where the backend runs the row
 /// kernel and the tensors fit it; `None` (nothing done) otherwise.
-#[cfg_attr(not(feature = "cubecl"), allow(unused_variables))]
+///
+/// On flex, quantized `linears` (more than one, no residual) over a few rows are one parallel
+/// pass over one rounding of the (normalised) input: [`crate::flex::quantized_rows`].
+#[cfg_attr(
+    not(any(feature = "cubecl", feature = "flex")),
+    allow(unused_variables)
+)]
 fn row<B: Backend>(
     x: &Tensor<B, 3>,
     linears: &[&Linear<B>],
@@ -312,6 +318,10 @@ fn row<B: Backend>(
     residual: Option<&Tensor<B, 3>>,
     swiglu: bool,
 ) -> Option<Tensor<B, 3>> {
+    #[cfg(feature = "flex")]
+    if crate::flex::on_flex::<B>() {
+        return stacked_rows(x, linears, norm, residual, swiglu);
+    }
     #[cfg(feature = "cubecl")]
     {
         use crate::cube::{RowProjection, RowWeights, linear_row, linear_row_fits};
@@ -348,6 +358,38 @@ fn row<B: Backend>(
     }
     #[cfg(not(feature = "cubecl"))]
     None
+}
+
+/// [`row`] on flex: quantized `linears` side by side in one product, or `None`.
+#[cfg(feature = "flex")]
+fn stacked_rows<B: Backend>(
+    x: &Tensor<B, 3>,
+    linears: &[&Linear<B>],
+    norm: Option<&RowNorm<B>>,
+    residual: Option<&Tensor<B, 3>>,
+    swiglu: bool,
+) -> Option<Tensor<B, 3>> {
+    let [batch, n, _] = x.dims();
+    if linears.len() < 2 || residual.is_some() || batch * n > crate::flex::MATVEC_ROWS {
+        return None;
+    }
+    let parts: Vec<_> = linears
+        .iter()
+        .map(|l| Some((l.quantized_weight()?, l.bias.as_ref().map(|b| b.val()))))
+        .collect::<Option<_>>()?;
+    let x = match norm {
+        Some(norm) => norm.apply(x.clone()),
+        None => x.clone(),
+    };
+    let y = crate::flex::quantized_rows(x, &parts).ok()?;
+    if !swiglu {
+        return Some(y);
+    }
+    let [gate, up] = [0, 1].map(|k| linears[k].d_output());
+    Some(super::swiglu(
+        y.clone().narrow(2, 0, gate),
+        y.narrow(2, gate, up),
+    ))
 }
 
 /// Weight matrices of one row kernel, all of one kind.
