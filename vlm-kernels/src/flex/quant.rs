@@ -54,9 +54,9 @@ pub fn quantized_matmul<B: Backend, const D: usize>(
 ///
 /// For a few input rows (up to [`MATVEC_ROWS`]: a decoding step) all the matrices' rows are one
 /// parallel pass over one rounding of the input (a layer's q, k and v, or SwiGLU's gate and
-/// up); more input rows take one matrix at a time. `x` back (`Err`) on another backend, dtype
-/// or shape, for matrices of different schemes, widths or activations, and for more than one
-/// matrix over more than [`MATVEC_ROWS`] input rows.
+/// up); more input rows (a prefill) go through dequantized tiles, one matrix per call. `x`
+/// back (`Err`) on another backend, dtype or shape, for matrices of different schemes, widths
+/// or activations, and for more than one matrix over more than [`MATVEC_ROWS`] input rows.
 #[allow(clippy::type_complexity)]
 pub fn quantized_rows<B: Backend, const D: usize>(
     x: Tensor<B, D>,
